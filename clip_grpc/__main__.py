@@ -1,0 +1,33 @@
+"""`python -m clip_grpc`: serve CLIP embeddings over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .config import parse_args
+from .errors import ModelLoadError
+from .logs import setup_logging
+from .server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    setup_logging(config.log_level, config.log_format)
+    if config.serves_demo_model:
+        logging.getLogger("clip_grpc").info(
+            "no --model given: serving the shipped demo model (a tiny CLIP trained on drawn "
+            "shapes, not a general CLIP)",
+            extra={"model": str(config.model_path)},
+        )
+    try:
+        asyncio.run(serve(config))
+    except ModelLoadError as error:
+        logging.getLogger("clip_grpc").error("model did not load: %s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

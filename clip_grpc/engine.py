@@ -1,0 +1,170 @@
+"""The transport-neutral core: validate, decode, tokenise, batch, normalise. No gRPC types here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batching import Batcher
+from .config import ServerConfig
+from .errors import ClipError, InvalidInput, Overloaded, ShuttingDown
+from .model.encoder import Encoder
+from .model.images import decode_image
+from .model.loading import LoadedModel
+from .model.texts import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One item to embed: exactly one of text and image is set."""
+
+    id: str
+    text: str | None = None
+    image: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    index: int
+    id: str
+    cosine: float
+    probability: float
+    score: int
+
+
+def clip_score(cosine: float) -> int:
+    """The torchmetrics CLIPScore convention: round(100 * max(cosine, 0))."""
+    return int(round(100 * max(cosine, 0.0)))
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, config: ServerConfig):
+        self.loaded = loaded
+        self.config = config
+        self.encoder = Encoder(loaded)
+        self.tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
+        workers = config.preprocess_workers or os.cpu_count() or 1
+        self._preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        wait_s = config.max_wait_ms / 1000
+        self.image_batcher = Batcher(
+            "image", self.encoder.embed_images, self._model_thread, config.max_batch_size, wait_s
+        )
+        self.text_batcher = Batcher(
+            "text", self.encoder.embed_texts, self._model_thread, config.max_batch_size, wait_s
+        )
+        self.in_flight = 0
+        self.accepting = False
+
+    async def start(self) -> None:
+        """Start the batchers and run one warm-up batch of each kind through the model."""
+        self._model_thread.submit(torch.set_grad_enabled, False).result()
+        self.image_batcher.start()
+        self.text_batcher.start()
+        height, width = self.loaded.image_transform.output_hw
+        warm_image = np.zeros((3, height, width), dtype=np.float32)
+        await self.image_batcher.submit(warm_image)
+        await self.text_batcher.submit(self.tokenize("warm up"))
+        self.accepting = True
+
+    async def close(self) -> None:
+        self.accepting = False
+        await self.image_batcher.stop()
+        await self.text_batcher.stop()
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def admit(self, count: int):
+        """Reserve room for count items in flight, or fail at once with Overloaded."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down")
+        if self.in_flight + count > self.config.max_queue_size:
+            raise Overloaded(
+                f"server busy: {self.in_flight} items in flight, limit "
+                f"{self.config.max_queue_size}; retry later"
+            )
+        self.in_flight += count
+        try:
+            yield
+        finally:
+            self.in_flight -= count
+
+    def _prepare_image(self, data: bytes) -> np.ndarray:
+        image = decode_image(data, self.config.max_image_bytes, self.config.max_image_pixels)
+        return self.loaded.image_transform(image)
+
+    async def embed_one(self, item: Input, truncate: bool) -> np.ndarray:
+        """The raw feature vector of one item. Raises ClipError for bad input."""
+        loop = asyncio.get_running_loop()
+        if item.image is not None:
+            pixels = await loop.run_in_executor(self._preprocess_pool, self._prepare_image, item.image)
+            return await self.image_batcher.submit(pixels)
+        if item.text is not None:
+            token_ids = await loop.run_in_executor(
+                self._preprocess_pool, self.tokenize, item.text, truncate
+            )
+            return await self.text_batcher.submit(token_ids)
+        raise InvalidInput("item has neither text nor image", "content")
+
+    async def embed(
+        self, items: list[Input], raw: bool = False, truncate: bool = False
+    ) -> list[np.ndarray | ClipError]:
+        """One outcome per item, in order: a vector, or the error that item alone met."""
+        with self.admit(len(items)):
+            outcomes = await asyncio.gather(
+                *(self.embed_one(item, truncate) for item in items), return_exceptions=True
+            )
+        results: list[np.ndarray | ClipError] = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, ClipError):
+                results.append(outcome)
+            elif isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                log.error("embedding failed", exc_info=outcome, extra={"item_id": item.id})
+                results.append(ClipError("internal error while embedding this item"))
+            else:
+                results.append(outcome if raw else l2_normalize(outcome))
+        return results
+
+    async def rank(self, query: Input, candidates: list[Input], truncate: bool) -> list[Ranked]:
+        """Score candidates against the query, best first. Any bad input fails the ranking."""
+        if not candidates:
+            raise InvalidInput("rank needs at least one candidate", "candidates")
+        outcomes = await self.embed([query, *candidates], truncate=truncate)
+        for position, outcome in enumerate(outcomes):
+            if isinstance(outcome, ClipError):
+                where = "query" if position == 0 else f"candidates[{position - 1}]"
+                item_id = ([query, *candidates])[position].id
+                outcome.message = f"{where} (id {item_id!r}): {outcome.message}"
+                outcome.field = where if not outcome.field else f"{where}.{outcome.field}"
+                raise outcome
+        query_vector, candidate_vectors = outcomes[0], np.stack(outcomes[1:])
+        cosines = candidate_vectors @ query_vector
+        logits = self.loaded.logit_scale * cosines.astype(np.float64)
+        if self.loaded.family == "siglip":
+            probabilities = 1.0 / (1.0 + np.exp(-(logits + self.loaded.logit_bias)))
+        else:
+            exps = np.exp(logits - logits.max())
+            probabilities = exps / exps.sum()
+        order = sorted(range(len(candidates)), key=lambda i: (-cosines[i], i))
+        return [
+            Ranked(i, candidates[i].id, float(cosines[i]), float(probabilities[i]),
+                   clip_score(float(cosines[i])))
+            for i in order
+        ]

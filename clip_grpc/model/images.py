@@ -1,0 +1,147 @@
+"""Image bytes -> normalised pixel arrays, the way the model's preprocessor_config.json says.
+
+This mirrors transformers' PIL image processor (resize with PIL on uint8, int() for the long
+edge, centre crop at int((size - crop) / 2)), so pixels equal the processor's; a parity test
+holds it to that.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import InvalidInput
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    shortest_edge: int | None  # resize the short side to this, keeping the aspect ratio
+    resize_hw: tuple[int, int] | None  # or resize to exactly (height, width)
+    crop_hw: tuple[int, int] | None
+    resample: int
+    rescale_factor: float
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def from_preprocessor_config(cls, cfg: dict) -> ImageTransform:
+        size = cfg.get("size", {"shortest_edge": 224})
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        shortest = size.get("shortest_edge") if cfg.get("do_resize", True) else None
+        resize_hw = (
+            (size["height"], size["width"])
+            if cfg.get("do_resize", True) and "height" in size
+            else None
+        )
+        crop = cfg.get("crop_size")
+        if isinstance(crop, int):
+            crop = {"height": crop, "width": crop}
+        crop_hw = (crop["height"], crop["width"]) if crop and cfg.get("do_center_crop") else None
+        scale = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0
+        if cfg.get("do_normalize", True):
+            mean = cfg.get("image_mean", OPENAI_CLIP_MEAN)
+            std = cfg.get("image_std", OPENAI_CLIP_STD)
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        return cls(
+            shortest_edge=shortest,
+            resize_hw=resize_hw,
+            crop_hw=crop_hw,
+            resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),
+            rescale_factor=float(scale),
+            mean=np.asarray(mean, dtype=np.float32).reshape(3, 1, 1),
+            std=np.asarray(std, dtype=np.float32).reshape(3, 1, 1),
+        )
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        if self.crop_hw:
+            return self.crop_hw
+        if self.resize_hw:
+            return self.resize_hw
+        return (self.shortest_edge, self.shortest_edge)
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step."""
+        if self.resize_hw:
+            return self.resize_hw[1], self.resize_hw[0]
+        if self.shortest_edge is None:
+            return width, height
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.shortest_edge * long / short)
+        if width <= height:
+            return self.shortest_edge, new_long
+        return new_long, self.shortest_edge
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> float32 (3, H, W), normalised."""
+        new_size = self.target_size(*image.size)
+        if new_size != image.size:
+            image = image.resize(new_size, resample=self.resample)
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+        if self.crop_hw:
+            pixels = _center_crop(pixels, *self.crop_hw)
+        return (pixels * self.rescale_factor - self.mean) / self.std
+
+
+def _center_crop(pixels: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
+    _, h, w = pixels.shape
+    if crop_h > h or crop_w > w:  # pad with zeros first, as the processor does
+        top, left = max(crop_h - h, 0) // 2, max(crop_w - w, 0) // 2
+        padded = np.zeros((3, max(h, crop_h), max(w, crop_w)), dtype=pixels.dtype)
+        padded[:, top : top + h, left : left + w] = pixels
+        pixels, (_, h, w) = padded, padded.shape
+    top, left = int((h - crop_h) / 2.0), int((w - crop_w) / 2.0)
+    return pixels[:, top : top + crop_h, left : left + crop_w]
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Image file bytes -> an RGB image, EXIF orientation applied; InvalidInput when it can't."""
+    if not data:
+        raise InvalidInput("image is empty", "image")
+    if len(data) > max_bytes:
+        raise InvalidInput(
+            f"image is {len(data)} bytes; the limit is {max_bytes}", "image"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidInput(
+                    f"image is {width}x{height} pixels; the limit is {max_pixels} pixels", "image"
+                )
+            image.load()  # GIF/TIFF: the first frame
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput("image is not a readable PNG, JPEG, WebP, GIF, BMP or TIFF", "image")
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise InvalidInput(f"image is corrupt or truncated ({error})", "image")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Palette, grayscale, CMYK and 16-bit images -> RGB; transparency composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I"):  # 16/32-bit grayscale: keep the top 8 bits of 16
+        levels = np.asarray(image, dtype=np.float64) / 256.0
+        image = Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")

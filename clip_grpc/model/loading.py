@@ -1,0 +1,161 @@
+"""Load a CLIP or SigLIP model folder (or a .zip of one) from local files only, and check it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from ..errors import ModelLoadError
+from .images import ImageTransform
+
+log = logging.getLogger(__name__)
+
+FAMILIES = {"clip": "clip", "siglip": "siglip"}  # config.json model_type -> family
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    image_transform: ImageTransform
+    family: str
+    name: str
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    embedding_dim: int
+    logit_scale: float
+    logit_bias: float
+    pad_token_id: int
+
+    @property
+    def dtype_name(self) -> str:
+        return {v: k for k, v in DTYPES.items()}[self.dtype]
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device")
+    return chosen
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"--dtype must be auto, fp32, fp16 or bf16, not {dtype!r}")
+    return DTYPES[dtype]
+
+
+def unpack_zip(path: Path, into: Path) -> Path:
+    """Extract a zipped model and return the folder inside it that holds config.json."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():  # refuse paths that climb out of the folder
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise ModelLoadError(f"{path}: unsafe path in zip: {member}")
+            archive.extractall(into)
+    except zipfile.BadZipFile as error:
+        raise ModelLoadError(f"{path}: not a readable zip ({error})") from error
+    configs = sorted(into.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise ModelLoadError(f"{path}: the zip holds no config.json")
+    return configs[0].parent
+
+
+def check_folder(folder: Path) -> dict:
+    """Name every missing file at once, then return the parsed config.json."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        missing.append("weights (" + " or ".join(WEIGHT_FILES) + ")")
+    if not (folder / "preprocessor_config.json").is_file():
+        missing.append("preprocessor_config.json")
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    has_other = any((folder / n).is_file() for n in ("tokenizer.json", "spiece.model"))
+    if not (has_bpe or has_other):
+        missing.append("tokenizer files (vocab.json + merges.txt, tokenizer.json or spiece.model)")
+    if missing:
+        raise ModelLoadError(f"model folder {folder} is missing: {', '.join(missing)}")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") not in FAMILIES:
+        raise ModelLoadError(
+            f"{folder}/config.json: model_type {config.get('model_type')!r} is not supported "
+            f"(supported: {', '.join(FAMILIES)})"
+        )
+    return config
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    # transformers builds a near-empty tokenizer instead of failing on some broken folders.
+    probe = tokenizer("a photo of a cat", add_special_tokens=False).input_ids
+    if len(tokenizer) < 1000 or len(set(probe)) < 3:
+        raise ModelLoadError(
+            f"{folder}: the tokenizer loaded with {len(tokenizer)} tokens and encodes "
+            f"'a photo of a cat' as {probe}; its files are incomplete"
+        )
+    return tokenizer
+
+
+def load_model(source: str | Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    source = Path(source)
+    if source.suffix == ".zip":
+        # The temp folder lives as long as the process: weights are read lazily on some paths.
+        folder = unpack_zip(source, Path(tempfile.mkdtemp(prefix="clip-model-")))
+    else:
+        folder = source
+    config = check_folder(folder)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    tokenizer = load_tokenizer(folder)
+    transform = ImageTransform.from_preprocessor_config(
+        json.loads((folder / "preprocessor_config.json").read_text())
+    )
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"{folder}: the weights did not load: {error}") from error
+    model = model.to(torch_device).eval()
+    family = FAMILIES[config["model_type"]]
+    text_config = model.config.text_config
+    bias = getattr(model, "logit_bias", None)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        image_transform=transform,
+        family=family,
+        name=source.stem if source.suffix == ".zip" else folder.name,
+        source=str(source.resolve()),
+        device=torch_device,
+        dtype=torch_dtype,
+        context_length=text_config.max_position_embeddings,
+        embedding_dim=getattr(model.config, "projection_dim", None) or text_config.hidden_size,
+        logit_scale=float(model.logit_scale.detach().float().exp().item()),
+        logit_bias=float(bias.detach().float().item()) if bias is not None else 0.0,
+        pad_token_id=int(pad_id),
+    )

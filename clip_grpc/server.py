@@ -1,0 +1,137 @@
+"""The gRPC server: ClipService, health checking and reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from .config import ServerConfig
+from .engine import Engine
+from .model.loading import LoadedModel, load_model
+from .servicer import ClipServicer
+from .v1 import clip_pb2, clip_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = clip_pb2.DESCRIPTOR.services_by_name["ClipService"].full_name
+HEALTH_NAMES = ("", SERVICE_NAME)
+
+
+@dataclass
+class RunningServer:
+    config: ServerConfig
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    servicer: ClipServicer
+    engine: Engine | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def set_health(self, status: int) -> None:
+        for name in HEALTH_NAMES:
+            await self.health.set(name, status)
+
+    async def load(self, loaded: LoadedModel | None = None) -> None:
+        """Load (unless given) and warm up the model, then report SERVING."""
+        started = time.perf_counter()
+        if loaded is None:
+            loaded = await asyncio.to_thread(
+                load_model, self.config.model_path, self.config.device, self.config.dtype
+            )
+        engine = Engine(loaded, self.config)
+        await engine.start()
+        self.engine = self.servicer.engine = engine
+        await self.set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "model": loaded.name,
+                "source": loaded.source,
+                "demo_model": self.config.serves_demo_model,
+                "family": loaded.family,
+                "dim": loaded.embedding_dim,
+                "device": str(loaded.device),
+                "dtype": loaded.dtype_name,
+                "load_seconds": round(time.perf_counter() - started, 2),
+            },
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, so balancers stop sending; then drain in-flight RPCs."""
+        await self.health.enter_graceful_shutdown()
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("draining", extra={"grace_seconds": grace})
+        await self.server.stop(grace)
+        if self.engine:
+            await self.engine.close()
+        log.info("stopped")
+
+
+async def start_server(config: ServerConfig) -> RunningServer:
+    """Bind and start the server, NOT_SERVING until load() finishes."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    servicer = ClipServicer(None)
+    clip_pb2_grpc.add_ClipServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}")
+    await server.start()
+    running = RunningServer(config, server, port, health, servicer)
+    await running.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    log.info("listening", extra={"address": f"{config.host}:{port}"})
+    return running
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: ServerConfig, loaded: LoadedModel | None = None):
+    """A started, loaded server for the duration of the block (tests, embedding in apps)."""
+    running = await start_server(config)
+    try:
+        await running.load(loaded)
+        yield running
+    finally:
+        await running.stop(grace=1.0)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    running = await start_server(config)
+    loading = asyncio.create_task(running.load())
+    stopper = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is None:
+        await stopper
+    else:
+        loading.cancel()
+    await running.stop()
+    error = None if loading.cancelled() else loading.exception()
+    if error is not None:
+        raise error

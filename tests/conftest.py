@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models on disk, and a real gRPC server on port 0."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from clip_grpc.config import ServerConfig
+from clip_grpc.model.loading import load_model
+from clip_grpc.server import running_server
+from tests.model_factory import save_clip, save_siglip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    return save_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory):
+    return save_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_dir):
+    """The tiny CLIP, loaded once (fp32, CPU)."""
+    return load_model(tiny_clip_dir, device="cpu", dtype="fp32")
+
+
+def server_config(model_dir, **overrides) -> ServerConfig:
+    settings = dict(model=str(model_dir), host="127.0.0.1", port=0, device="cpu", dtype="fp32",
+                    preprocess_workers=2, grace_seconds=1.0)
+    settings.update(overrides)
+    return ServerConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+async def clip_server(tiny_clip_dir, tiny_clip):
+    """A real grpc.aio server on the tiny CLIP; `.target` is "127.0.0.1:PORT"."""
+    async with running_server(server_config(tiny_clip_dir), loaded=tiny_clip) as running:
+        yield running
+
+
+def image_bytes(color=(200, 30, 30), size=(40, 30), fmt="PNG", mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
