@@ -60,7 +60,9 @@ _HELP = {
 }
 
 
-def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+def parse_args(
+    argv: list[str] | None = None, environ: dict[str, str] | None = None
+) -> ServerConfig:
     """Flags win over CLIP_GRPC_* environment variables, which win over defaults."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(

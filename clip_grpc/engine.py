@@ -112,7 +112,9 @@ class Engine:
         """The raw feature vector of one item. Raises ClipError for bad input."""
         loop = asyncio.get_running_loop()
         if item.image is not None:
-            pixels = await loop.run_in_executor(self._preprocess_pool, self._prepare_image, item.image)
+            pixels = await loop.run_in_executor(
+                self._preprocess_pool, self._prepare_image, item.image
+            )
             return await self.image_batcher.submit(pixels)
         if item.text is not None:
             token_ids = await loop.run_in_executor(

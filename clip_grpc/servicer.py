@@ -143,7 +143,10 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
             try:
                 results = await self._embed_results(request.items, request.options)
             except ClipError as error:  # this message alone is refused; the stream goes on
-                results = [clip_pb2.EmbedResult(id=i.id, error=item_error(error)) for i in request.items]
+                refused = clip_pb2.EmbedResult(error=item_error(error))
+                results = [
+                    clip_pb2.EmbedResult(id=item.id, error=refused.error) for item in request.items
+                ]
             return clip_pb2.EmbedStreamResponse(results=results)
 
         async for response in ordered_responses(

@@ -126,9 +126,11 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     except InvalidInput:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput("image is not a readable PNG, JPEG, WebP, GIF, BMP or TIFF", "image")
+        raise InvalidInput(
+            "image is not a readable PNG, JPEG, WebP, GIF, BMP or TIFF", "image"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise InvalidInput(f"image is corrupt or truncated ({error})", "image")
+        raise InvalidInput(f"image is corrupt or truncated ({error})", "image") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
