@@ -104,12 +104,15 @@ def check_folder(folder: Path) -> dict:
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    # transformers builds a near-empty tokenizer instead of failing on some broken folders.
-    probe = tokenizer("a photo of a cat", add_special_tokens=False).input_ids
+    try:
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        # transformers builds a near-empty tokenizer instead of failing on some broken folders.
+        probe = tokenizer("a photo of a cat", add_special_tokens=False).input_ids
+    except Exception as error:  # tokenizers raises plain Exception on broken files
+        raise ModelLoadError(f"{folder}: the tokenizer did not load: {error}") from error
     if len(tokenizer) < 1000 or len(set(probe)) < 3:
         raise ModelLoadError(
             f"{folder}: the tokenizer loaded with {len(tokenizer)} tokens and encodes "
