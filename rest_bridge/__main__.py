@@ -1,0 +1,71 @@
+"""`python -m rest_bridge --grpc-target localhost:50051 --port 8081` (console script
+`rest-bridge`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from rest_bridge.app import make_app, make_http_server
+from rest_bridge.backend import ClipBackend, open_channel
+from rest_bridge.config import BridgeConfig, parse_config
+from rest_bridge.metrics import BridgeMetrics
+
+log = logging.getLogger("rest_bridge")
+# How long a stopping bridge lets requests in flight finish.
+DRAIN_SECONDS = 10.0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # The access log is one JSON object per line, with nothing around it.
+    access = logging.getLogger("rest_bridge.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
+
+
+async def serve(config: BridgeConfig) -> None:
+    channel = open_channel(config)
+    app = make_app(config, ClipBackend.from_channel(channel, config.grpc_target))
+    server = make_http_server(app, config)
+    server.listen(config.port, config.host)
+    log.info(
+        "REST bridge on http://%s:%d -> gRPC %s (%s)", config.host, config.port,
+        config.grpc_target, "TLS" if config.use_tls else "plaintext",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("stopping: no new connections; draining requests in flight")
+    server.stop()
+    await _drain(app.metrics, DRAIN_SECONDS)
+    await server.close_all_connections()
+    await channel.close()
+
+
+async def _drain(metrics: BridgeMetrics, seconds: float) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if metrics.in_flight_now() <= 0:
+            return
+        await asyncio.sleep(0.05)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(argv)
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

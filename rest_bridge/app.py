@@ -1,0 +1,53 @@
+"""make_app(config, backend): the route table of the bridge."""
+
+from __future__ import annotations
+
+import functools
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+
+from rest_bridge.backend import ClipBackend
+from rest_bridge.config import BridgeConfig
+from rest_bridge.handlers.base import NotFoundHandler
+from rest_bridge.handlers.clip_form import ClipFormHandler
+from rest_bridge.handlers.embed import EmbedHandler
+from rest_bridge.handlers.health import HealthzHandler, ReadyzHandler
+from rest_bridge.handlers.info import InfoHandler
+from rest_bridge.handlers.metrics import MetricsHandler
+from rest_bridge.handlers.openapi import OpenApiHandler
+from rest_bridge.handlers.rank import RankHandler
+from rest_bridge.metrics import BridgeMetrics
+from rest_bridge.request_log import record_request
+
+HANDLERS = (
+    ClipFormHandler,
+    EmbedHandler,
+    RankHandler,
+    InfoHandler,
+    HealthzHandler,
+    ReadyzHandler,
+    MetricsHandler,
+    OpenApiHandler,
+)
+
+
+def make_app(
+    config: BridgeConfig, backend: ClipBackend, metrics: BridgeMetrics | None = None
+) -> Application:
+    metrics = metrics if metrics is not None else BridgeMetrics()
+    collaborators = {"config": config, "backend": backend, "metrics": metrics}
+    app = Application(
+        [(handler.route, handler, collaborators) for handler in HANDLERS],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=collaborators,
+        log_function=functools.partial(record_request, metrics),
+    )
+    app.metrics = metrics
+    return app
+
+
+def make_http_server(app: Application, config: BridgeConfig) -> HTTPServer:
+    """The POST handlers stream their bodies and enforce max_body_bytes themselves (to answer
+    413); Tornado's limit covers the rest."""
+    return HTTPServer(app, max_body_size=config.max_body_bytes)

@@ -1,0 +1,60 @@
+"""The bridge's one gRPC channel to the server, and the stubs that use it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from clip_grpc.v1 import clip_pb2_grpc
+from rest_bridge.config import MIB, BridgeConfig
+
+# Room for the largest embeddings answer: far more than max_form_fields vectors.
+MAX_RECEIVE_BYTES = 64 * MIB
+# The first reconnect attempts come fast; later ones back off up to the configured cap.
+INITIAL_RECONNECT_BACKOFF_MS = 200
+
+
+def channel_options(config: BridgeConfig) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        # A request carries at most one HTTP body, plus a little framing.
+        ("grpc.max_send_message_length", config.max_body_bytes + MIB),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", config.grpc_max_reconnect_backoff_ms),
+    ]
+    if config.grpc_tls_server_name:
+        options.append(("grpc.ssl_target_name_override", config.grpc_tls_server_name))
+    return options
+
+
+def open_channel(config: BridgeConfig) -> grpc.aio.Channel:
+    """Opens the channel lazily: it connects on the first call and reconnects by itself."""
+    options = channel_options(config)
+    if not config.use_tls:
+        return grpc.aio.insecure_channel(config.grpc_target, options=options)
+    root_certificates = (
+        Path(config.grpc_root_cert).read_bytes() if config.grpc_root_cert else None
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return grpc.aio.secure_channel(config.grpc_target, credentials, options=options)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipBackend:
+    """What the handlers need of the server: the service stub and the health stub."""
+
+    target: str
+    clip: clip_pb2_grpc.ClipServiceStub
+    health: health_pb2_grpc.HealthStub
+
+    @classmethod
+    def from_channel(cls, channel: grpc.aio.Channel, target: str) -> ClipBackend:
+        return cls(
+            target=target,
+            clip=clip_pb2_grpc.ClipServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )

@@ -1,0 +1,40 @@
+"""Embeddings as numpy arrays, their similarity, and their JSON form."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from clip_grpc.v1 import clip_pb2
+
+
+def to_array(embedding: clip_pb2.Embedding) -> np.ndarray:
+    """Reads either wire format of an Embedding into a float32 vector of length `dim`."""
+    if embedding.packed:
+        vector = np.frombuffer(embedding.packed, dtype="<f4")
+    else:
+        vector = np.asarray(embedding.values, dtype=np.float32)
+    if embedding.dim and vector.shape[0] != embedding.dim:
+        raise ValueError(f"embedding has {vector.shape[0]} values, dim says {embedding.dim}")
+    return vector
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = float(np.linalg.norm(a)) * float(np.linalg.norm(b))
+    if norms == 0.0:
+        return 0.0
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)) / norms)
+
+
+def similarity_score(cos: float) -> int:
+    """Seed 002's 0-100 score: round(100 * max(cosine, 0)) (torchmetrics' CLIPScore rule)."""
+    if math.isnan(cos):
+        return 0
+    return min(100, round(100 * max(cos, 0.0)))
+
+
+def to_json_floats(vector: np.ndarray) -> list[float]:
+    """The shortest decimal that reads back as the same float32 (about 40% less JSON than
+    printing the float64 value)."""
+    return [float(str(value)) for value in vector]
