@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
-_STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ItemFailure:
 
     @classmethod
     def from_proto(cls, index: int, item_id: str, error) -> ItemFailure:
-        code = _STATUS_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN)
+        code = STATUS_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN)
         return cls(index, item_id, code, error.message, error.field)
 
     def __str__(self) -> str:

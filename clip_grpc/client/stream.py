@@ -1,0 +1,249 @@
+"""EmbedStream with back-pressure and resumption.
+
+Request messages go out while fewer than `max_in_flight` items wait for an answer, so memory
+stays constant for any dataset size. Sent but unanswered messages are kept; when the stream
+fails with a retryable status (UNAVAILABLE by default) a new stream is opened after an
+exponential backoff and they are sent again first. The server answers each message with one
+message, in order, so results are neither duplicated nor reordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from clip_grpc.client.batches import Batch, Batcher
+from clip_grpc.client.errors import STATUS_BY_NUMBER
+from clip_grpc.v1 import clip_pb2
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry a failed stream up to `retries` times in a row, waiting `backoff_s`, then twice as
+    long each time up to `max_backoff_s` (with jitter). A response resets the count."""
+
+    retries: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    # Per-item codes meaning "not now" (overloaded, shutting down): the message is sent again.
+    refusal_codes: frozenset[grpc.StatusCode] = frozenset(
+        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    )
+
+    def allows(self, error: Exception, failures_in_a_row: int) -> bool:
+        if failures_in_a_row > self.retries:
+            return False
+        if isinstance(error, Refused):
+            return error.code() in self.refusal_codes
+        return isinstance(error, grpc.aio.AioRpcError) and error.code() in self.codes
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class Refused(Exception):
+    """The server answered a message with a transient per-item error (overloaded, shutting
+    down) instead of embeddings; the message is sent again while retries remain."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self._code, self._message = code, message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+
+class StreamProtocolError(RuntimeError):
+    """The server broke the EmbedStream contract (a missing or mis-sized response)."""
+
+
+class EmbedStreamer:
+    """Iterate `(batch, results)` pairs in input order; `results` is None for a batch that
+    had nothing to send (all of its items failed locally)."""
+
+    def __init__(
+        self,
+        open_call: Callable[[], grpc.aio.StreamStreamCall],
+        inputs: Iterable[Any] | AsyncIterator[Any],
+        batcher: Batcher,
+        *,
+        max_in_flight: int,
+        batch_size: int,
+        timeout_s: float | None,
+        retry: RetryPolicy,
+    ):
+        self._open_call = open_call
+        self._inputs = inputs
+        self._batcher = batcher
+        self._max_in_flight = max(max_in_flight, 1)
+        self._batch_size = batch_size
+        self._timeout_s = timeout_s
+        self._retry = retry
+        self._ready: asyncio.Queue = asyncio.Queue(maxsize=1)  # batches built ahead of sending
+        self._pending: deque[Batch] = deque()  # sent (or sent-nothing) batches not yet yielded
+        self._in_flight = 0
+        self._source_done = False
+        self._changed = asyncio.Event()
+        self._failures_in_a_row = 0
+
+    async def __aiter__(self) -> AsyncIterator[tuple[Batch, list[clip_pb2.EmbedResult] | None]]:
+        producer = asyncio.create_task(self._produce())
+        try:
+            while not (self._source_done and not self._pending):
+                call = self._open_call()
+                try:
+                    async for answered in self._exchange(call):
+                        self._failures_in_a_row = 0
+                        yield answered
+                except (grpc.aio.AioRpcError, Refused) as error:
+                    self._failures_in_a_row += 1
+                    if not self._retry.allows(error, self._failures_in_a_row):
+                        raise
+                    delay = self._retry.delay(self._failures_in_a_row)
+                    log.warning(
+                        "EmbedStream failed (%s: %s); resending %d unanswered items in %.2fs "
+                        "(retry %d of %d)",
+                        error.code().name, error.details(), self._in_flight, delay,
+                        self._failures_in_a_row, self._retry.retries,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                finally:
+                    call.cancel()
+        finally:
+            producer.cancel()
+
+    async def _produce(self) -> None:
+        """Build batches ahead of sending; image files are read in a worker thread."""
+        try:
+            if hasattr(self._inputs, "__aiter__"):
+                async for obj in self._inputs:
+                    for batch in self._batcher.add(obj):
+                        await self._ready.put(batch)
+                for batch in self._batcher.flush():
+                    await self._ready.put(batch)
+            else:
+                inputs = iter(self._inputs)
+                while batches := await asyncio.to_thread(self._batcher.fill, inputs):
+                    for batch in batches:
+                        await self._ready.put(batch)
+            await self._ready.put(_END)
+        except Exception as error:  # handed to the writer, which raises it in the caller
+            await self._ready.put(error)
+
+    async def _exchange(self, call) -> AsyncIterator[tuple[Batch, Any]]:
+        writer = asyncio.create_task(self._write(call))
+        try:
+            while True:
+                while self._pending and self._pending[0].sends_nothing:
+                    yield self._answer(None)
+                if self._source_done and not self._pending:
+                    break
+                await self._wait(lambda: self._pending or self._source_done or writer.done())
+                if writer.done():
+                    _raise_input_error(writer)
+                if self._pending and self._pending[0].sends_nothing:
+                    continue
+                if self._source_done and not self._pending:
+                    continue
+                # Nothing pending here means the writer failed on the stream: read its status.
+                response = await self._read(call)
+                if not self._pending:
+                    raise StreamProtocolError("a response to no request")
+                batch = self._pending[0]
+                if len(response.results) != len(batch.request.items):
+                    raise StreamProtocolError(
+                        f"{len(response.results)} results for a message of "
+                        f"{len(batch.request.items)} items (items {batch.start}..)"
+                    )
+                refusal = _refusal(response.results, self._retry.refusal_codes)
+                if refusal and self._retry.allows(refusal, self._failures_in_a_row + 1):
+                    raise refusal  # otherwise the items report the refusal as their errors
+                yield self._answer(response.results)
+        finally:
+            writer.cancel()
+
+    async def _write(self, call) -> None:
+        try:
+            for batch in list(self._pending):  # unanswered after a failed stream: send again
+                if not batch.sends_nothing:
+                    await call.write(batch.request)
+            while not self._source_done:
+                await self._wait(self._has_room)
+                batch = await self._ready.get()
+                if batch is _END:
+                    self._source_done = True
+                    break
+                if isinstance(batch, Exception):
+                    raise batch
+                self._pending.append(batch)
+                self._in_flight += batch.size
+                self._changed.set()
+                if not batch.sends_nothing:
+                    await call.write(batch.request)
+            await call.done_writing()
+        finally:
+            self._changed.set()
+
+    async def _read(self, call) -> clip_pb2.EmbedStreamResponse:
+        timeout_s = self._timeout_s if self._pending else None
+        try:
+            response = await asyncio.wait_for(call.read(), timeout_s)
+        except asyncio.TimeoutError:
+            first = self._pending[0].start
+            raise TimeoutError(
+                f"no EmbedStream response within {timeout_s}s (items from {first})"
+            ) from None
+        if response is grpc.aio.EOF:
+            raise StreamProtocolError(
+                f"the server ended EmbedStream with {self._in_flight} items unanswered"
+            )
+        return response
+
+    def _answer(self, results) -> tuple[Batch, Any]:
+        batch = self._pending.popleft()
+        self._in_flight -= batch.size
+        self._changed.set()
+        return batch, results
+
+    def _has_room(self) -> bool:
+        return self._in_flight == 0 or self._in_flight + self._batch_size <= self._max_in_flight
+
+    async def _wait(self, condition: Callable[[], object]) -> None:
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
+
+def _raise_input_error(writer: asyncio.Task) -> None:
+    """Raise what stopped the writer, unless it was the stream failing: that status is left to
+    the next read, where retries handle it."""
+    error = None if writer.cancelled() else writer.exception()
+    if error is not None and not isinstance(
+        error, grpc.aio.AioRpcError | asyncio.InvalidStateError
+    ):
+        raise error
+
+
+def _refusal(results, codes: frozenset[grpc.StatusCode]) -> Refused | None:
+    for result in results:
+        if result.HasField("error"):
+            code = STATUS_BY_NUMBER.get(result.error.code)
+            if code in codes:
+                return Refused(code, result.error.message)
+    return None
