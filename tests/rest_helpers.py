@@ -75,11 +75,12 @@ class Bridge:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(grpc_target: str, **overrides):
-    """A bridge on a free port, in this event loop, talking to `grpc_target`."""
+async def running_bridge(grpc_target: str, backend: ClipBackend | None = None, **overrides):
+    """A bridge on a free port, in this event loop, talking to `grpc_target` (or to a
+    stand-in `backend`)."""
     config = BridgeConfig(grpc_target=grpc_target, port=0, **overrides)
     channel = open_channel(config)
-    app = make_app(config, ClipBackend.from_channel(channel, grpc_target))
+    app = make_app(config, backend or ClipBackend.from_channel(channel, grpc_target))
     sock, port = bind_unused_port()
     server = make_http_server(app, config)
     server.add_sockets([sock])
