@@ -83,7 +83,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--port", int, "HTTP port")
     option("--grpc-timeout-s", float, "deadline of each gRPC call, seconds")
     option("--grpc-max-reconnect-backoff-ms", int, "longest wait between reconnect attempts")
-    option("--grpc-tls", _env_flag, "use TLS towards the server", nargs="?", const=True)
+    option(
+        "--grpc-tls", _env_flag, "use TLS towards the server", nargs="?", const=True,
+        metavar="BOOL",
+    )
     option("--grpc-root-cert", str, "PEM root certificates for the server (implies TLS)")
     option("--grpc-tls-server-name", str, "name to check in the server's certificate")
     option("--max-body-bytes", int, "largest accepted request body (413 above)")

@@ -1,0 +1,108 @@
+"""`python -m rest_bridge` as a real process, and TLS towards the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from tornado.httpclient import AsyncHTTPClient
+from tornado.testing import bind_unused_port
+
+from tests.conftest import image_bytes
+from tests.rest_helpers import encode_form, error_of, running_bridge
+
+
+def free_port() -> int:
+    sock, port = bind_unused_port()
+    sock.close()
+    return port
+
+
+async def test_the_cli_serves_logs_json_and_stops_on_sigterm(clip_server):
+    port = free_port()
+    env = {**os.environ, "REST_BRIDGE_GRPC_TARGET": clip_server.target}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rest_bridge", "--port", str(port), "--host", "127.0.0.1",
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                await client.fetch(url + "/healthz")
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        content_type, body = encode_form({"text-1": "a cat"}, {"image-1": image_bytes()})
+        response = await client.fetch(
+            url + "/syte_test/clip", method="POST", body=body,
+            headers={"Content-Type": content_type, "request_id": "123"})
+        assert response.code == 200 and response.headers["request_id"] == "123"
+    finally:
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0
+    access = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert any(
+        line["request_id"] == "123" and line["route"] == "/syte_test/clip"
+        and line["status"] == 200 and (line["images"], line["texts"]) == (1, 1)
+        for line in access
+    )
+
+
+def test_bad_settings_exit_with_a_message():
+    result = subprocess.run(
+        [sys.executable, "-m", "rest_bridge", "--port", "http"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=clip.test",
+         "-addext", "subjectAltName=DNS:clip.test"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return key, cert
+
+
+async def test_tls_towards_the_server(certificate):
+    key, cert = certificate
+    server = grpc.aio.server()
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    target = f"127.0.0.1:{port}"
+    try:
+        async with running_bridge(
+            target, grpc_root_cert=str(cert), grpc_tls_server_name="clip.test"
+        ) as trusted:
+            assert (await trusted.get("/readyz")).code == 200
+        # Plaintext against a TLS server, or a certificate nobody vouches for: not ready.
+        async with running_bridge(target) as plaintext:
+            assert (await plaintext.get("/readyz")).code == 503
+        async with running_bridge(target, grpc_tls=True) as untrusting:
+            response = await untrusting.get("/readyz")
+            assert response.code == 503 and error_of(response)["code"] == "UNAVAILABLE"
+    finally:
+        await server.stop(None)
