@@ -1,0 +1,208 @@
+"""`python -m bench`: model-only ceiling, gRPC EmbedStream and REST bridge, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.util
+import shlex
+import sys
+import time
+
+from clip_grpc.config import ServerConfig
+from clip_grpc.model.loading import load_model
+
+from . import grpc_stream, machine, model_only, models, processes, report, rest, serialization
+from . import stages as stage_costs
+from .inputs import make_inputs
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--model", action="append",
+                        help="demo, vit-b32 or a model folder; repeat for several "
+                             "(default: demo and vit-b32)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs (a smoke test; numbers are rough)")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="measured seconds of each end-to-end run")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0)
+    parser.add_argument("--model-seconds", type=float, default=5.0,
+                        help="seconds of model-only batches at each batch size")
+    parser.add_argument("--batch-sizes", default=None,
+                        help="model-only batch sizes, comma separated (default: 1,8,max batch)")
+    parser.add_argument("--streams", type=int, default=4, help="concurrent EmbedStream calls")
+    parser.add_argument("--items-per-message", type=int, default=8)
+    parser.add_argument("--messages-in-flight", type=int, default=4, help="per stream")
+    parser.add_argument("--rest-concurrency", default="1,16",
+                        help="REST (and unary gRPC) concurrency levels, comma separated")
+    parser.add_argument("--server-args", default="",
+                        help="extra flags for `python -m clip_grpc`, e.g. '--max-wait-ms 1'")
+    parser.add_argument("--inputs", type=int, default=64, help="distinct images and texts")
+    parser.add_argument("--skip-rest", action="store_true")
+    parser.add_argument("--skip-serialisation", action="store_true")
+    parser.add_argument("--no-markdown", action="store_true",
+                        help="write the JSON only, leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+    args.model = args.model or ["demo", "vit-b32"]
+    if args.quick:
+        args.seconds, args.warmup_seconds, args.model_seconds = 3.0, 1.0, 1.0
+        args.inputs = min(args.inputs, 32)
+    args.server_flags = shlex.split(args.server_args)
+    server_config = _server_config(args.server_flags)
+    args.max_batch_size = server_config.max_batch_size
+    args.batch_sizes = (sorted({int(b) for b in args.batch_sizes.split(",")}) if args.batch_sizes
+                        else sorted({1, 8, args.max_batch_size}))
+    args.rest_concurrency = [int(c) for c in args.rest_concurrency.split(",")]
+    return args
+
+
+def _server_config(flags: list[str]) -> ServerConfig:
+    """The configuration the server will run with (to learn its batch size)."""
+    from clip_grpc.config import parse_args as server_parse_args
+
+    return server_parse_args(flags, environ={})
+
+
+def _load_note() -> str:
+    load = machine.load_average()
+    return f"1-min load {load[0]:.2f}" if load else "load unknown"
+
+
+async def stream_runs(target: str, server: processes.Child, images, texts, args) -> dict:
+    load = grpc_stream.StreamLoad(args.streams, args.items_per_message, args.messages_in_flight,
+                                  args.seconds, args.warmup_seconds)
+    count = max(2 * load.streams * load.messages_in_flight, len(images) // load.items_per_message)
+    results = {}
+    for kind in ("image", "text"):
+        requests = grpc_stream.messages(kind, images, texts, load.items_per_message, count)
+        await grpc_stream.drive(target, requests, load, load.warmup_seconds)
+        cpu = {"server": server.cpu_seconds(), "client": time.process_time()}
+        at_end = {}
+
+        def window_end(at_end=at_end):
+            at_end.update(server=server.cpu_seconds(), client=time.process_time())
+
+        row = await grpc_stream.drive(target, requests, load, load.seconds, window_end)
+        for side in ("server", "client"):
+            row[f"{side}_cpu_ms_per_item"] = (at_end[side] - cpu[side]) * 1000 / row["items"]
+        print(f"  EmbedStream {kind:5}: {row['items_per_s']:9.1f} items/s, p50 "
+              f"{row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms per message, server CPU "
+              f"{row['server_cpu_ms_per_item']:.2f} ms/item", flush=True)
+        results[kind] = row
+    return results
+
+
+async def rest_runs(target: str, images, texts, model_only_result: dict, args) -> dict:
+    if importlib.util.find_spec("rest_bridge.__main__") is None:
+        message = "rest_bridge is not in this checkout yet (python -m rest_bridge)"
+        print(f"  REST bridge: skipped, {message}", flush=True)
+        return {"skipped": message}
+    bridge, base_url = await processes.start_bridge(target)
+    runs = {}
+    try:
+        for concurrency in args.rest_concurrency:
+            for name, load in ((f"REST /syte_test/clip, concurrency {concurrency}",
+                                rest.rest_load(base_url, images, texts, concurrency, args.seconds,
+                                               args.warmup_seconds)),
+                               (f"gRPC Embed, concurrency {concurrency}",
+                                rest.grpc_unary_load(target, images, texts, concurrency,
+                                                     args.seconds, args.warmup_seconds))):
+                runs[name] = row = await load
+                print(f"  {name}: {row['requests'] / row['seconds']:.1f} requests/s, p50 "
+                      f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
+    finally:
+        bridge.stop()
+    result = {"runs": runs}
+    if 1 in args.rest_concurrency:
+        rest_p50 = runs["REST /syte_test/clip, concurrency 1"]["p50_ms"]
+        forward_ms = sum(model_only_result[kind]["by_batch_size"][0]["p50_ms"]
+                         for kind in ("image", "text"))
+        result["bridge_overhead_ms_c1"] = rest_p50 - runs["gRPC Embed, concurrency 1"]["p50_ms"]
+        result["beyond_forward_ms_c1"] = rest_p50 - forward_ms
+        print(f"  REST bridge adds {result['bridge_overhead_ms_c1']:.2f} ms per request at "
+              f"concurrency 1 (target <= 3 ms)", flush=True)
+    return result
+
+
+def breakdown(steps: dict, ceiling: dict, stream: dict) -> dict:
+    """Server CPU ms per item, step by step, and what is left for gRPC, asyncio and threads."""
+    table = {}
+    for kind in ("image", "text"):
+        forward = ceiling[kind]["by_batch_size"][-1]["cpu_ms_per_item"]
+        listed = {
+            "decode or tokenise": steps["decode_ms" if kind == "image" else "tokenise_ms"],
+            "resize + normalise": steps["resize_normalise_ms"] if kind == "image" else None,
+            "forward": forward,
+            "serialise": steps["serialise_ms"],
+        }
+        server_total = stream[kind]["server_cpu_ms_per_item"]
+        table[kind] = {
+            **listed,
+            "gRPC, asyncio, threads (rest)": server_total - sum(v or 0 for v in listed.values()),
+            "server CPU total": server_total,
+            "client CPU": stream[kind]["client_cpu_ms_per_item"],
+            "wall per item": 1000 / stream[kind]["items_per_s"],
+        }
+    return table
+
+
+async def bench_model(name: str, args, images: list[bytes], texts: list[str]) -> dict:
+    folder, description = models.resolve(name)
+    print(f"\n== {name}: {description} ({folder}); {_load_note()}", flush=True)
+    load_note = f"{_load_note()} at start"
+    loaded = load_model(folder, "cpu", "fp32")
+    pixels, token_ids = model_only.preprocess(loaded, images, texts)
+    ceiling = model_only.forward_ceiling(loaded, pixels, token_ids, args.batch_sizes,
+                                         args.model_seconds)
+    steps = stage_costs.measure(loaded, images, texts)
+    print("  steps alone (ms per item): " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()),
+          flush=True)
+    del loaded, pixels, token_ids
+    gc.collect()
+
+    server, target = await processes.start_server(folder, args.server_flags, {})
+    try:
+        stream = await stream_runs(target, server, images, texts, args)
+        rest_result = ({"skipped": "--skip-rest"} if args.skip_rest
+                       else await rest_runs(target, images, texts, ceiling, args))
+    finally:
+        server.stop()
+    for kind in ("image", "text"):
+        stream[kind]["ratio_to_model_only"] = (
+            stream[kind]["items_per_s"] / ceiling[kind]["ceiling_items_per_s"])
+        print(f"  end-to-end / model-only, {kind}s: "
+              f"{stream[kind]['ratio_to_model_only']:.2f}", flush=True)
+    return {
+        "model": name, "description": description, "folder": str(folder),
+        "server_flags": args.server_flags,
+        "load_note": f"{load_note}, {_load_note()} at end",
+        "stream_load": {"streams": args.streams, "items_per_message": args.items_per_message,
+                        "messages_in_flight": args.messages_in_flight},
+        "model_only": ceiling, "steps": steps, "grpc_stream": stream, "rest": rest_result,
+        "breakdown": breakdown(steps, ceiling, stream),
+    }
+
+
+async def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = {"when": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:] if argv is None else argv,
+           "machine": machine.describe(), "models": []}
+    print(f"machine: {machine.one_line(run['machine'])}", flush=True)
+    images, texts = make_inputs(args.inputs)
+    for name in args.model:
+        run["models"].append(await bench_model(name, args, images, texts))
+    if not args.skip_serialisation:
+        print("\n== embedding serialisation", flush=True)
+        run["serialisation"] = serialization.run_all()
+    path = report.write_json(run)
+    print(f"\nresults: {path}")
+    if not args.no_markdown:
+        report.update_markdown(run)
+        print(f"tables: {report.BENCHMARKS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,120 @@
+"""The server and the REST bridge, each in its own process, so the load generator's CPU work
+never runs on the server's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tornado.httpclient import AsyncHTTPClient
+
+REPO = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Child:
+    """A subprocess whose output goes to a log file that is shown if it fails."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = Path(self.log.name).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    async def wait_until(self, ready: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not await ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n"
+                                   f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+async def grpc_serving(target: str) -> bool:
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def http_ready(url: str) -> bool:
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(url, raise_error=False, request_timeout=2.0)
+    except OSError:
+        return False
+    finally:
+        client.close()
+    return response.code == 200
+
+
+async def start_server(model: Path, server_flags: list[str], env: dict[str, str]) -> tuple:
+    """`python -m clip_grpc` on a free port; returns (child, target) once it is SERVING."""
+    port = free_port()
+    child = Child("server", ["-m", "clip_grpc", "--model", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "--device", "cpu", "--log-format", "text",
+                             "--log-level", "WARNING", *server_flags], env)
+    target = f"127.0.0.1:{port}"
+    try:
+        await child.wait_until(lambda: grpc_serving(target), timeout_s=600)
+    except BaseException:
+        child.stop()
+        raise
+    return child, target
+
+
+async def start_bridge(grpc_target: str) -> tuple:
+    """`python -m rest_bridge` on a free port; returns (child, base_url) once it accepts."""
+    port = free_port()
+    child = Child("rest-bridge", ["-m", "rest_bridge", "--grpc-target", grpc_target,
+                                  "--host", "127.0.0.1", "--port", str(port),
+                                  "--log-level", "WARNING"])
+    try:
+        await child.wait_until(lambda: http_ready(f"http://127.0.0.1:{port}/readyz"), 60)
+    except BaseException:
+        child.stop()
+        raise
+    return child, f"http://127.0.0.1:{port}"
