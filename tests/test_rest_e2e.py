@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tornado.simple_httpclient import HTTPTimeoutError
 from tornado.testing import bind_unused_port
 
 from clip_grpc.server import running_server
@@ -391,3 +392,48 @@ async def test_health_metrics_and_one_log_line_per_request(clip_server, caplog):
     assert ok["latency_ms"] > 0
     assert (bad["status"], bad["error_code"], bad["error_field"]) == (400, "INVALID_ARGUMENT",
                                                                       "oops")
+
+
+class _HangingCall:
+    """A gRPC call that never answers until cancelled."""
+
+    def __init__(self):
+        self.future = asyncio.get_running_loop().create_future()
+        self.cancelled = False
+
+    def __await__(self):
+        return self.future.__await__()
+
+    def cancel(self):
+        self.cancelled = True
+        self.future.cancel()
+
+
+class _HangingStub:
+    def __init__(self):
+        self.calls: list[_HangingCall] = []
+
+    def Embed(self, request, **kwargs):
+        self.calls.append(_HangingCall())
+        return self.calls[-1]
+
+
+async def test_a_client_that_goes_away_cancels_its_grpc_call(caplog):
+    stub = _HangingStub()
+    backend = ClipBackend(target="slow:1", clip=stub, health=None)
+    async with running_bridge("slow:1", backend=backend) as slow:
+        with caplog.at_level(logging.INFO, logger="rest_bridge"):
+            content_type, body = encode_form({"text-1": "a"})
+            with pytest.raises(HTTPTimeoutError):  # the client gives up and hangs up
+                await slow.fetch(
+                    "/syte_test/clip", method="POST", body=body, request_timeout=0.3,
+                    headers={"Content-Type": content_type, "request_id": "9"})
+            for _ in range(50):
+                if stub.calls and stub.calls[0].cancelled:
+                    break
+                await asyncio.sleep(0.02)
+        metrics = (await slow.get("/metrics")).body.decode()
+    assert stub.calls[0].cancelled
+    assert 'rest_bridge_requests_in_flight{route="/syte_test/clip"} 0.0' in metrics
+    assert 'route="/syte_test/clip",status="499"} 1.0' in metrics  # nginx's "client closed"
+    assert "Traceback" not in caplog.text
