@@ -153,7 +153,8 @@ class EmbedStreamer:
                 while self._pending and self._pending[0].sends_nothing:
                     yield self._answer(None)
                 if self._source_done and not self._pending:
-                    break
+                    await self._finish(call, writer)
+                    return
                 await self._wait(lambda: self._pending or self._source_done or writer.done())
                 if writer.done():
                     _raise_input_error(writer)
@@ -177,6 +178,12 @@ class EmbedStreamer:
                 yield self._answer(response.results)
         finally:
             writer.cancel()
+
+    async def _finish(self, call, writer: asyncio.Task) -> None:
+        """Everything is answered: let the half-close go out and read the server's OK."""
+        await writer
+        if await asyncio.wait_for(call.read(), self._timeout_s) is not grpc.aio.EOF:
+            raise StreamProtocolError("a response after the last answer")
 
     async def _write(self, call) -> None:
         try:
