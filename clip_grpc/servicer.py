@@ -16,6 +16,13 @@ from .v1 import clip_pb2, clip_pb2_grpc
 
 log = logging.getLogger(__name__)
 FLOAT_LIST = clip_pb2.EMBEDDING_FORMAT_FLOAT_LIST
+# Trailing metadata naming the request part at fault when a whole RPC fails on bad input.
+ERROR_FIELD_KEY = "clip-error-field"
+
+
+async def abort_with(context, error: ClipError) -> None:
+    metadata = ((ERROR_FIELD_KEY, error.field),) if error.field else ()
+    await context.abort(grpc_code(error), public_message(error), trailing_metadata=metadata)
 
 
 def to_input(item: clip_pb2.Item) -> Input:
@@ -134,7 +141,7 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
         try:
             results = await self._embed_results(request.items, request.options)
         except ClipError as error:
-            await context.abort(grpc_code(error), public_message(error))
+            await abort_with(context, error)
         return clip_pb2.EmbedResponse(results=results)
 
     async def EmbedStream(self, request_iterator, context):
@@ -167,7 +174,7 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
         try:
             candidates = await self._rank(request)
         except ClipError as error:
-            await context.abort(grpc_code(error), public_message(error))
+            await abort_with(context, error)
         return clip_pb2.RankResponse(query_id=request.query.id, candidates=candidates)
 
     async def RankStream(self, request_iterator, context):

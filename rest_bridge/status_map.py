@@ -84,7 +84,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError, target: str) -> ApiError:
         message = f"the embedding server at {target} did not answer in time"
     else:
         message = details or code.name
-    return from_grpc_code(code, message)
+    # The server names the request part at fault in trailing metadata (e.g. "candidates[1]").
+    trailers = dict(error.trailing_metadata() or ())
+    return from_grpc_code(code, message, trailers.get("clip-error-field") or None)
 
 
 def from_item_error(code_number: int, message: str, field: str) -> ApiError:

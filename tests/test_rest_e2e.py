@@ -346,6 +346,7 @@ async def test_v1_rank_round_trip(bridge):
     payload["candidates"][1]["image"] = b64(b"junk")
     response = await bridge.post_json("/v1/rank", payload)
     assert response.code == 400 and "candidates[1]" in error_of(response)["message"]
+    assert error_of(response)["field"] == "candidates[1].image"
 
 
 async def test_v1_info_and_openapi(bridge, dim):

@@ -160,6 +160,7 @@ async def test_rank_errors_name_the_bad_candidate(stub):
         await stub.Rank(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "candidates[1]" in caught.value.details() and "broken" in caught.value.details()
+    assert dict(caught.value.trailing_metadata())["clip-error-field"] == "candidates[1].image"
     for bad in (pb.RankRequest(candidates=[pb.Item(text="a")]),
                 pb.RankRequest(query=pb.Item(text="a"))):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
