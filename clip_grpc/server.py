@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from .access_log import AccessLogInterceptor
 from .config import ServerConfig
 from .engine import Engine
 from .model.loading import LoadedModel, load_model
@@ -81,6 +82,7 @@ class RunningServer:
 async def start_server(config: ServerConfig) -> RunningServer:
     """Bind and start the server, NOT_SERVING until load() finishes."""
     server = grpc.aio.server(
+        interceptors=[AccessLogInterceptor()],
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),

@@ -286,3 +286,15 @@ async def test_reflection_and_grpcurl(clip_server):
         grpcurl, "-d", request, target, "clip_grpc.v1.ClipService/Embed"))
     assert [r["id"] for r in response["results"]] == ["t", "i"]
     assert all(len(r["embedding"]["values"]) == 16 for r in response["results"])
+
+
+async def test_each_rpc_writes_one_access_log_line(stub, caplog):
+    caplog.set_level("INFO", logger="clip_grpc.access")
+    await stub.Embed(pb.EmbedRequest(items=[pb.Item(text="a")]),
+                     metadata=(("x-request-id", "req-42"),))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Embed(pb.EmbedRequest(), metadata=(("x-request-id", "req-43"),))
+    lines = {r.request_id: r for r in caplog.records if r.name == "clip_grpc.access"}
+    assert lines["req-42"].method == "Embed" and lines["req-42"].status == "OK"
+    assert lines["req-43"].status == "INVALID_ARGUMENT"
+    assert lines["req-42"].ms >= 0
