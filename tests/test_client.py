@@ -50,7 +50,7 @@ async def one_by_one(clip_server, mixed_items):
     _, items = mixed_items
     async with grpc.aio.insecure_channel(clip_server.target) as channel:
         stub = clip_pb2_grpc.ClipServiceStub(channel)
-        limit = asyncio.Semaphore(32)
+        limit = asyncio.Semaphore(128)
 
         async def embed(item):
             async with limit:

@@ -81,10 +81,12 @@ class ScriptedCall:
     """A fake EmbedStream call: answers each message in order and tracks items in flight.
     `refuse` lists message numbers answered with a per-item refusal instead."""
 
-    def __init__(self, log, refuse=(), code=grpc.StatusCode.UNAVAILABLE, short=False):
+    def __init__(self, log, refuse=(), code=grpc.StatusCode.UNAVAILABLE, short=False, fill_to=0):
         self.log, self.refuse, self.code, self.short = log, set(refuse), code, short
+        self.fill_to = fill_to
         self.written: asyncio.Queue = asyncio.Queue()
         self.in_flight = 0
+        self.half_closed = False
 
     async def write(self, request):
         self.in_flight += len(request.items)
@@ -93,14 +95,18 @@ class ScriptedCall:
         await self.written.put(request)
 
     async def done_writing(self):
+        self.half_closed = True
         await self.written.put(None)
 
     async def read(self):
         request = await self.written.get()
         if request is None:
             return grpc.aio.EOF
-        for _ in range(3):  # let the writer run ahead as far as it is allowed to
-            await asyncio.sleep(0)
+        still = 0  # let the writer run ahead until it reaches fill_to or stops for 50 ms
+        while self.in_flight < self.fill_to and not self.half_closed and still < 10:
+            before = self.in_flight
+            await asyncio.sleep(0.005)
+            still = still + 1 if self.in_flight == before else 0
         self.in_flight -= len(request.items)
         number = self.log["messages"] = self.log.get("messages", 0) + 1
         if number in self.refuse:
@@ -143,10 +149,10 @@ async def _collect(calls, inputs, retry=FAST_RETRY, **limits):
 
 async def test_stream_keeps_order_and_bounds_items_in_flight():
     log = {}
-    got = await _collect([ScriptedCall(log)], (str(i) for i in range(103)))
+    got = await _collect([ScriptedCall(log, fill_to=12)], (str(i) for i in range(103)))
     assert [o.index for o in got] == list(range(103))
     assert [o.embedding[0] for o in got] == [float(i) for i in range(103)]
-    assert 8 <= log["max_in_flight"] <= 12
+    assert log["max_in_flight"] == 12  # the limit is reached and never passed
     assert log["sent"] == [str(i) for i in range(103)]  # nothing sent twice
 
 
