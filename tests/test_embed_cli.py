@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,6 +16,8 @@ from clip_grpc.client import Client
 from clip_grpc.embed_cli import main
 from clip_grpc.embed_cli.outputs import load_embeddings
 from tests.conftest import image_bytes
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make_image_folder(root, count):
@@ -113,3 +119,25 @@ async def test_unreachable_server_fails_clearly(tmp_path, capsys):
         source, "-o", tmp_path / "out", "--server", "127.0.0.1:1", "--retries", "0"
     )
     assert status == 1 and "UNAVAILABLE" in capsys.readouterr().err
+
+
+async def test_ctrl_c_keeps_what_was_embedded(clip_server, tmp_path):
+    source, out = tmp_path / "many.txt", tmp_path / "out"
+    source.write_text("".join(f"sentence number {i}\n" for i in range(1, 50_001)))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clip_grpc.embed_cli", str(source), "-o", str(out),
+        "--server", clip_server.target, "--chunk-size", "200", "--no-progress",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    while not (out / "part-00000.ids.jsonl").exists():
+        assert process.returncode is None, (await process.stderr.read()).decode()
+        await asyncio.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 130, stderr.decode()
+    assert "interrupted; run again to resume" in stderr.decode()
+    ids, vectors = load_embeddings(out)
+    assert 200 <= len(ids) < 50_000
+    assert ids == [str(i) for i in range(1, len(ids) + 1)]  # a prefix, nothing lost or doubled
+    assert vectors.shape[0] == len(ids) and np.isfinite(vectors).all()

@@ -37,7 +37,7 @@ class BackgroundLoop:
                 except StopAsyncIteration:
                     return
         finally:
-            self.run(agen.aclose())
+            self.run(_close_when_idle(agen))
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -47,3 +47,11 @@ class BackgroundLoop:
 
 async def _next(agen: AsyncIterator[T]) -> T:
     return await agen.__anext__()
+
+
+async def _close_when_idle(agen) -> None:
+    """aclose() fails on a generator still running, as one is right after Ctrl-C cancelled
+    the step it was in: wait for the cancellation to land first."""
+    while agen.ag_running:
+        await asyncio.sleep(0.01)
+    await agen.aclose()
