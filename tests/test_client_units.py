@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from clip_grpc.client import Image, ItemFailure, RetryPolicy, StreamProtocolError, Text
+from clip_grpc.client import Client, Image, ItemFailure, RetryPolicy, StreamProtocolError, Text
 from clip_grpc.client.batches import Batcher
 from clip_grpc.client.connection import Connection
 from clip_grpc.client.items import to_item
@@ -182,3 +182,8 @@ async def test_a_short_answer_is_a_protocol_error():
 async def test_a_bad_input_raises_after_the_items_before_it():
     with pytest.raises(TypeError, match="item 9 of type object"):
         await _collect([ScriptedCall({})], ["1"] * 9 + [object()])
+
+
+def test_a_single_item_instead_of_a_list_is_refused():
+    with Client("127.0.0.1:1") as client, pytest.raises(TypeError, match=r"encode\(\[item\]\)"):
+        client.encode("a cat")

@@ -268,6 +268,8 @@ class Client:
         show_progress: bool | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         """Outcomes in input order, one list per EmbedStream message."""
+        if isinstance(items, str | bytes | os.PathLike | Text | Image):
+            raise TypeError("pass a list of items: encode([item]), not encode(item)")
         batch_size = batch_size or self.batch_size
         options = clip_pb2.EmbedOptions(raw=raw, truncate=truncate)
         stub = self._stub()
