@@ -31,6 +31,14 @@ class ServerConfig:
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
 
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_queue_size", "stream_window", "max_image_bytes",
+                     "max_image_pixels", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_wait_ms < 0 or self.preprocess_workers < 0 or self.grace_seconds < 0:
+            raise ValueError("max_wait_ms, preprocess_workers and grace_seconds can't be negative")
+
     @property
     def model_path(self) -> Path:
         return Path(self.model) if self.model else DEMO_MODEL_DIR
@@ -40,6 +48,11 @@ class ServerConfig:
         return not self.model
 
 
+_CHOICES = {
+    "dtype": ("auto", "fp32", "fp16", "bf16"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log_format": ("json", "text"),
+}
 _HELP = {
     "model": "model folder or .zip (default: the shipped demo model)",
     "host": "address to bind",
@@ -75,6 +88,10 @@ def parse_args(
             "--" + field.name.replace("_", "-"),
             type=type(field.default),
             default=type(field.default)(default),
+            choices=_CHOICES.get(field.name),
             help=f"{_HELP[field.name]} [env {env_name}, default {field.default!r}]",
         )
-    return ServerConfig(**vars(parser.parse_args(argv)))
+    try:
+        return ServerConfig(**vars(parser.parse_args(argv)))
+    except ValueError as error:
+        parser.error(str(error))

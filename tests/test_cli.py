@@ -70,3 +70,14 @@ def test_serves_then_exits_cleanly_on_sigterm(tiny_clip_dir):
             if line.startswith("{")]
     assert logs.index("listening") < logs.index("serving") < logs.index("draining")
     assert logs[-1] == "stopped"
+
+
+def test_bad_values_are_refused_by_name(capsys):
+    import pytest
+
+    for argv, words in ((["--dtype", "fp64"], "invalid choice: 'fp64'"),
+                        (["--max-batch-size", "0"], "max_batch_size must be at least 1"),
+                        (["--port", "http"], "invalid int value")):
+        with pytest.raises(SystemExit) as caught:
+            parse_args(argv, environ={})
+        assert caught.value.code == 2 and words in capsys.readouterr().err
