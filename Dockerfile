@@ -13,7 +13,8 @@ ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS builder
 ARG TORCH_VERSION=2.13.0
-# A wheel index under https://download.pytorch.org/whl/: cpu, or a CUDA one such as cu128.
+# A wheel index under https://download.pytorch.org/whl/: cpu, or one of the CUDA ones the torch
+# release is built for, such as cu128.
 ARG TORCH_INDEX=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -36,6 +37,7 @@ RUN groupadd --system --gid 10001 clip \
     && useradd --system --uid 10001 --gid clip --create-home --home-dir /home/clip clip \
     && mkdir /model
 COPY --from=builder /opt/venv /opt/venv
+# --chmod needs BuildKit (the default builder since Docker 23).
 COPY --chmod=0755 docker/entrypoint.sh /app/
 COPY docker/healthcheck.py /app/
 ENV PATH=/opt/venv/bin:$PATH \
@@ -47,7 +49,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/clip
 EXPOSE 50051 8081
-# Model loading takes a while (about a minute for ViT-L/14 on CPU): a generous start period.
+# Loading and warming up a large model (ViT-L/14 on CPU) takes a while: a generous start period.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/app/healthcheck.py"]
 ENTRYPOINT ["/app/entrypoint.sh"]
