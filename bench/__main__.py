@@ -34,11 +34,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="model-only batch sizes, comma separated (default: 1,8,max batch)")
     parser.add_argument("--streams", type=int, default=4, help="concurrent EmbedStream calls")
     parser.add_argument("--items-per-message", type=int, default=8)
-    parser.add_argument("--messages-in-flight", type=int, default=4, help="per stream")
+    parser.add_argument("--messages-in-flight", type=int, default=2, help="per stream")
     parser.add_argument("--rest-concurrency", default="1,16",
                         help="REST (and unary gRPC) concurrency levels, comma separated")
     parser.add_argument("--server-args", default="",
                         help="extra flags for `python -m clip_grpc`, e.g. '--max-wait-ms 1'")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the server process, e.g. OMP_NUM_THREADS=1")
     parser.add_argument("--inputs", type=int, default=64, help="distinct images and texts")
     parser.add_argument("--skip-rest", action="store_true")
     parser.add_argument("--skip-serialisation", action="store_true")
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seconds, args.warmup_seconds, args.model_seconds = 3.0, 1.0, 1.0
         args.inputs = min(args.inputs, 32)
     args.server_flags = shlex.split(args.server_args)
+    args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
     server_config = _server_config(args.server_flags)
     args.max_batch_size = server_config.max_batch_size
     args.batch_sizes = (sorted({int(b) for b in args.batch_sizes.split(",")}) if args.batch_sizes
@@ -77,7 +80,8 @@ async def stream_runs(target: str, server: processes.Child, images, texts, args)
     results = {}
     for kind in ("image", "text"):
         requests = grpc_stream.messages(kind, images, texts, load.items_per_message, count)
-        await grpc_stream.drive(target, requests, load, load.warmup_seconds)
+        await grpc_stream.drive(target, requests, load, load.warmup_seconds,
+                                require_answers=False)
         cpu = {"server": server.cpu_seconds(), "client": time.process_time()}
         at_end = {}
 
@@ -94,7 +98,7 @@ async def stream_runs(target: str, server: processes.Child, images, texts, args)
     return results
 
 
-async def rest_runs(target: str, images, texts, model_only_result: dict, args) -> dict:
+async def rest_runs(target: str, images, texts, model_only_result: dict | None, args) -> dict:
     if importlib.util.find_spec("rest_bridge.__main__") is None:
         message = "rest_bridge is not in this checkout yet (python -m rest_bridge)"
         print(f"  REST bridge: skipped, {message}", flush=True)
@@ -117,10 +121,11 @@ async def rest_runs(target: str, images, texts, model_only_result: dict, args) -
     result = {"runs": runs}
     if 1 in args.rest_concurrency:
         rest_p50 = runs["REST /syte_test/clip, concurrency 1"]["p50_ms"]
-        forward_ms = sum(model_only_result[kind]["by_batch_size"][0]["p50_ms"]
-                         for kind in ("image", "text"))
         result["bridge_overhead_ms_c1"] = rest_p50 - runs["gRPC Embed, concurrency 1"]["p50_ms"]
-        result["beyond_forward_ms_c1"] = rest_p50 - forward_ms
+        if model_only_result:
+            forward_ms = sum(model_only_result[kind]["by_batch_size"][0]["p50_ms"]
+                             for kind in ("image", "text"))
+            result["beyond_forward_ms_c1"] = rest_p50 - forward_ms
         print(f"  REST bridge adds {result['bridge_overhead_ms_c1']:.2f} ms per request at "
               f"concurrency 1 (target <= 3 ms)", flush=True)
     return result
@@ -148,6 +153,19 @@ def breakdown(steps: dict, ceiling: dict, stream: dict) -> dict:
     return table
 
 
+async def server_runs(folder, server_flags: list[str], env: dict, images, texts, args,
+                      ceiling: dict | None) -> tuple[dict, dict]:
+    """EmbedStream (images, then texts) and, unless skipped, REST and unary gRPC."""
+    server, target = await processes.start_server(folder, server_flags, env)
+    try:
+        stream = await stream_runs(target, server, images, texts, args)
+        rest_result = ({"skipped": "--skip-rest"} if args.skip_rest
+                       else await rest_runs(target, images, texts, ceiling, args))
+    finally:
+        server.stop()
+    return stream, rest_result
+
+
 async def bench_model(name: str, args, images: list[bytes], texts: list[str]) -> dict:
     folder, description = models.resolve(name)
     print(f"\n== {name}: {description} ({folder}); {_load_note()}", flush=True)
@@ -162,13 +180,8 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
     del loaded, pixels, token_ids
     gc.collect()
 
-    server, target = await processes.start_server(folder, args.server_flags, {})
-    try:
-        stream = await stream_runs(target, server, images, texts, args)
-        rest_result = ({"skipped": "--skip-rest"} if args.skip_rest
-                       else await rest_runs(target, images, texts, ceiling, args))
-    finally:
-        server.stop()
+    stream, rest_result = await server_runs(folder, args.server_flags, args.server_env, images,
+                                            texts, args, ceiling)
     for kind in ("image", "text"):
         stream[kind]["ratio_to_model_only"] = (
             stream[kind]["items_per_s"] / ceiling[kind]["ceiling_items_per_s"])
@@ -176,7 +189,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
               f"{stream[kind]['ratio_to_model_only']:.2f}", flush=True)
     return {
         "model": name, "description": description, "folder": str(folder),
-        "server_flags": args.server_flags,
+        "server_flags": args.server_flags, "server_env": args.server_env,
         "load_note": f"{load_note}, {_load_note()} at end",
         "stream_load": {"streams": args.streams, "items_per_message": args.items_per_message,
                         "messages_in_flight": args.messages_in_flight},

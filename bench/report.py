@@ -28,9 +28,11 @@ def _fmt(value, digits=1) -> str:
 
 
 def model_section(result: dict, machine: dict, when: str) -> str:
+    settings = " ".join([*(f"{k}={v}" for k, v in result["server_env"].items()),
+                         *result["server_flags"]]) or "(defaults)"
     lines = [f"### {result['model']}: {result['description']}", "",
-             f"{when}; {one_line(machine)}; server flags: "
-             f"`{' '.join(result['server_flags']) or '(defaults)'}`; {result['load_note']}", "",
+             f"{when}; {one_line(machine)}; server settings: `{settings}`; "
+             f"{result['load_note']}", "",
              "| measurement | items/s | p50 ms | p95 ms | p99 ms | vs model-only |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for kind in ("image", "text"):
