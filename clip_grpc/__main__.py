@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from .config import parse_args
 from .errors import ModelLoadError
 from .logs import setup_logging
-from .server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch's OpenMP workers spin after every operation by default, taking the cores from the
+    # preprocessing threads and the event loop; sleeping instead measured 2.7x the images/s and
+    # 4x the texts/s on 2 shared cores (BENCHMARKS.md). libgomp reads it once, as torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .server import serve  # imports torch
+
     config = parse_args(argv)
     setup_logging(config.log_level, config.log_format)
     if config.serves_demo_model:
