@@ -24,6 +24,7 @@ class ServerConfig:
     max_queue_size: int = 4096  # items admitted and not yet answered, across all RPCs
     stream_window: int = 256  # items one stream may have in flight
     preprocess_workers: int = 0  # 0: one per CPU core
+    jpeg_decode: str = "full"  # full | draft
     max_image_bytes: int = 20 * MIB
     max_image_pixels: int = 50_000_000
     max_message_bytes: int = 64 * MIB
@@ -52,6 +53,7 @@ _CHOICES = {
     "dtype": ("auto", "fp32", "fp16", "bf16"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log_format": ("json", "text"),
+    "jpeg_decode": ("full", "draft"),
 }
 _HELP = {
     "model": "model folder or .zip (default: the shipped demo model)",
@@ -64,6 +66,8 @@ _HELP = {
     "max_queue_size": "most items in flight; beyond it requests get RESOURCE_EXHAUSTED",
     "stream_window": "most items one stream may have in flight",
     "preprocess_workers": "threads decoding images and tokenising (0: one per core)",
+    "jpeg_decode": "full: exact pixels | draft: decode big JPEGs at 1/2-1/8 scale, still no "
+    "smaller than the model input (about 40%% less CPU per photo, pixels differ slightly)",
     "max_image_bytes": "largest image file accepted, in bytes",
     "max_image_pixels": "largest image accepted, in pixels (decompression-bomb guard)",
     "max_message_bytes": "largest gRPC message sent or received",

@@ -105,8 +105,12 @@ class Engine:
             self.in_flight -= count
 
     def _prepare_image(self, data: bytes) -> np.ndarray:
-        image = decode_image(data, self.config.max_image_bytes, self.config.max_image_pixels)
-        return self.loaded.image_transform(image)
+        transform = self.loaded.image_transform
+        draft_size = transform.draft_size if self.config.jpeg_decode == "draft" else None
+        image = decode_image(
+            data, self.config.max_image_bytes, self.config.max_image_pixels, draft_size
+        )
+        return transform(image)
 
     async def embed_one(self, item: Input, truncate: bool) -> np.ndarray:
         """The raw feature vector of one item. Raises ClipError for bad input."""
