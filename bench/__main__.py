@@ -7,6 +7,7 @@ import asyncio
 import gc
 import importlib.util
 import shlex
+import signal
 import sys
 import time
 
@@ -218,4 +219,5 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the children on SIGTERM too
     sys.exit(asyncio.run(main()))

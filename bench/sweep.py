@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -84,4 +85,5 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the children on SIGTERM too
     sys.exit(asyncio.run(main()))
