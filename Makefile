@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# npm install, not npm ci: npm 11 leaves other platforms' optional buf binaries out of the lock
+# file, and npm ci then refuses it as out of sync.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 install: $(VENV)/.installed node_modules/.installed ## create .venv (CPU torch) and node tools
@@ -40,7 +42,9 @@ lint: install ## ruff, buf lint, hadolint
 	$(VENV)/bin/hadolint Dockerfile
 
 test: install proto-check lint ## proto-check, lints, then the whole test suite
-	$(VENV)/bin/pytest -q
+	@$(VENV)/bin/pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
+	exit $$status
 
 run: install ## serve the demo model: gRPC on 50051, REST on 8081
 	$(PY) -m clip_grpc.run_all
