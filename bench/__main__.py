@@ -8,6 +8,7 @@ import gc
 import importlib.util
 import shlex
 import signal
+import statistics
 import sys
 import time
 
@@ -26,10 +27,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: demo and vit-b32)")
     parser.add_argument("--quick", action="store_true",
                         help="short runs (a smoke test; numbers are rough)")
-    parser.add_argument("--seconds", type=float, default=15.0,
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of model-only then end to end; medians are reported")
+    parser.add_argument("--seconds", type=float, default=12.0,
                         help="measured seconds of each end-to-end run")
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
-    parser.add_argument("--model-seconds", type=float, default=5.0,
+    parser.add_argument("--model-seconds", type=float, default=4.0,
                         help="seconds of model-only batches at each batch size")
     parser.add_argument("--batch-sizes", default=None,
                         help="model-only batch sizes, comma separated (default: 1,8,max batch)")
@@ -50,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.model = args.model or ["demo", "vit-b32"]
     if args.quick:
-        args.seconds, args.warmup_seconds, args.model_seconds = 3.0, 1.0, 1.0
+        args.seconds, args.warmup_seconds, args.model_seconds, args.rounds = 3.0, 1.0, 1.0, 1
         args.inputs = min(args.inputs, 32)
     args.server_flags = shlex.split(args.server_args)
     args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
@@ -167,35 +170,62 @@ async def server_runs(folder, server_flags: list[str], env: dict, images, texts,
     return stream, rest_result
 
 
+def median_of(rounds: list[dict]) -> dict:
+    """Key by key, the median of the rounds' numbers (nested dicts and lists alike)."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {key: median_of([r[key] for r in rounds]) for key in first}
+    if isinstance(first, list):
+        return [median_of(list(column)) for column in zip(*rounds, strict=True)]
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return statistics.median(rounds)
+    return first
+
+
 async def bench_model(name: str, args, images: list[bytes], texts: list[str]) -> dict:
+    """Rounds of (model-only, then end to end), so both see the same machine load; then the
+    step costs and the REST bridge once."""
     folder, description = models.resolve(name)
     print(f"\n== {name}: {description} ({folder}); {_load_note()}", flush=True)
     load_note = f"{_load_note()} at start"
     loaded = load_model(folder, "cpu", "fp32")
     pixels, token_ids = model_only.preprocess(loaded, images, texts)
-    ceiling = model_only.forward_ceiling(loaded, pixels, token_ids, args.batch_sizes,
-                                         args.model_seconds)
-    steps = stage_costs.measure(loaded, images, texts)
-    print("  steps alone (ms per item): " + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()),
-          flush=True)
-    del loaded, pixels, token_ids
-    gc.collect()
-
-    stream, rest_result = await server_runs(folder, args.server_flags, args.server_env, images,
-                                            texts, args, ceiling)
+    server, target = await processes.start_server(folder, args.server_flags, args.server_env)
+    rounds = []
+    try:
+        for index in range(args.rounds):
+            print(f"  -- round {index + 1} of {args.rounds}; {_load_note()}", flush=True)
+            ceiling = model_only.forward_ceiling(loaded, pixels, token_ids, args.batch_sizes,
+                                                 args.model_seconds)
+            stream = await stream_runs(target, server, images, texts, args)
+            ratios = {kind: stream[kind]["items_per_s"] / ceiling[kind]["ceiling_items_per_s"]
+                      for kind in ("image", "text")}
+            print("  end-to-end / model-only: " + ", ".join(
+                f"{kind}s {ratio:.2f}" for kind, ratio in ratios.items()), flush=True)
+            rounds.append({"model_only": ceiling, "grpc_stream": stream, "ratios": ratios})
+        steps = stage_costs.measure(loaded, images, texts)
+        print("  steps alone (ms per item): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
+        del loaded, pixels, token_ids
+        gc.collect()
+        ceiling = median_of([r["model_only"] for r in rounds])
+        rest_result = ({"skipped": "--skip-rest"} if args.skip_rest
+                       else await rest_runs(target, images, texts, ceiling, args))
+    finally:
+        server.stop()
+    stream = median_of([r["grpc_stream"] for r in rounds])
     for kind in ("image", "text"):
-        stream[kind]["ratio_to_model_only"] = (
-            stream[kind]["items_per_s"] / ceiling[kind]["ceiling_items_per_s"])
-        print(f"  end-to-end / model-only, {kind}s: "
-              f"{stream[kind]['ratio_to_model_only']:.2f}", flush=True)
+        stream[kind]["ratio_to_model_only"] = statistics.median(
+            r["ratios"][kind] for r in rounds)
+        stream[kind]["ratio_by_round"] = [round(r["ratios"][kind], 3) for r in rounds]
     return {
         "model": name, "description": description, "folder": str(folder),
         "server_flags": args.server_flags, "server_env": args.server_env,
-        "load_note": f"{load_note}, {_load_note()} at end",
+        "load_note": f"{load_note}, {_load_note()} at end", "rounds": len(rounds),
         "stream_load": {"streams": args.streams, "items_per_message": args.items_per_message,
                         "messages_in_flight": args.messages_in_flight},
         "model_only": ceiling, "steps": steps, "grpc_stream": stream, "rest": rest_result,
-        "breakdown": breakdown(steps, ceiling, stream),
+        "breakdown": breakdown(steps, ceiling, stream), "by_round": rounds,
     }
 
 

@@ -33,6 +33,8 @@ def model_section(result: dict, machine: dict, when: str) -> str:
     lines = [f"### {result['model']}: {result['description']}", "",
              f"{when}; {one_line(machine)}; server settings: `{settings}`; "
              f"{result['load_note']}", "",
+             f"Medians of {result['rounds']} rounds, each measuring model-only then end to end; "
+             "the ratio is the median of the rounds' ratios (each round's in brackets).", "",
              "| measurement | items/s | p50 ms | p95 ms | p99 ms | vs model-only |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for kind in ("image", "text"):
@@ -47,7 +49,8 @@ def model_section(result: dict, machine: dict, when: str) -> str:
             f"| EmbedStream {kind}s, {load['streams']} streams x {load['messages_in_flight']} "
             f"messages of {load['items_per_message']} in flight (latency per message) | "
             f"{_fmt(row['items_per_s'])} | {_fmt(row['p50_ms'], 2)} | {_fmt(row['p95_ms'], 2)} | "
-            f"{_fmt(row['p99_ms'], 2)} | **{row['ratio_to_model_only']:.2f}** |")
+            f"{_fmt(row['p99_ms'], 2)} | **{row['ratio_to_model_only']:.2f}** "
+            f"({', '.join(f'{r:.2f}' for r in row['ratio_by_round'])}) |")
     rest = result["rest"]
     if "skipped" in rest:
         lines.append(f"| REST bridge | skipped: {rest['skipped']} | | | | |")
