@@ -1,4 +1,8 @@
-"""One structured log line per ClipService RPC: method, request id, status, messages, latency."""
+"""One structured log line per ClipService RPC: method, request id, status, messages, latency.
+
+Successful unary calls also carry their server time to the caller, as trailing metadata
+`server-timing: total;dur=<ms>` (the W3C Server-Timing syntax), for the client's profile().
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,11 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request, context):
                 started, status = time.perf_counter(), None
                 try:
-                    return await inner(request, context)
+                    response = await inner(request, context)
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                    timing = f"total;dur={elapsed_ms:.3f}"
+                    context.set_trailing_metadata((("server-timing", timing),))
+                    return response
                 except Exception:
                     status = _status(context) if context.code() else "INTERNAL"
                     raise
