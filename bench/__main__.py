@@ -117,9 +117,15 @@ async def rest_runs(target: str, images, texts, model_only_result: dict | None, 
                                (f"gRPC Embed, concurrency {concurrency}",
                                 rest.grpc_unary_load(target, images, texts, concurrency,
                                                      args.seconds, args.warmup_seconds))):
+                bridge_cpu = bridge.cpu_seconds()
                 runs[name] = row = await load
+                if name.startswith("REST"):
+                    row["bridge_cpu_ms_per_request"] = (
+                        (bridge.cpu_seconds() - bridge_cpu) * 1000 / row["sent"])
                 print(f"  {name}: {row['requests'] / row['seconds']:.1f} requests/s, p50 "
-                      f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms", flush=True)
+                      f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms" + (
+                          f", bridge CPU {row['bridge_cpu_ms_per_request']:.2f} ms/request"
+                          if "bridge_cpu_ms_per_request" in row else ""), flush=True)
     finally:
         bridge.stop()
     result = {"runs": runs}

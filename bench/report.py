@@ -59,10 +59,12 @@ def model_section(result: dict, machine: dict, when: str) -> str:
             lines.append(f"| {name} (image-1 + text-1 per request) | {_fmt(row['items_per_s'])} | "
                          f"{_fmt(row['p50_ms'], 2)} | {_fmt(row['p95_ms'], 2)} | "
                          f"{_fmt(row['p99_ms'], 2)} | |")
+        c1 = rest["runs"].get("REST /syte_test/clip, concurrency 1", {})
         lines += ["", f"REST bridge cost at concurrency 1 (p50 REST - p50 gRPC Embed, same two "
-                      f"items): **{rest['bridge_overhead_ms_c1']:.2f} ms** per request; beyond the "
-                      f"forward passes alone (batch-1 image + batch-1 text, p50): "
-                      f"{rest['beyond_forward_ms_c1']:.2f} ms."]
+                      f"items): **{rest['bridge_overhead_ms_c1']:.2f} ms** per request (the "
+                      f"bridge process's own CPU: {c1.get('bridge_cpu_ms_per_request', 0):.2f} "
+                      f"ms per request); beyond the forward passes alone (batch-1 image + "
+                      f"batch-1 text, p50): {rest.get('beyond_forward_ms_c1', 0):.2f} ms."]
     lines += ["", "Where the time goes, server CPU ms per item (steps timed alone on one thread; "
               "forward: all torch threads, at the largest batch; the rest: the server's measured "
               "CPU per item in the EmbedStream run minus the listed steps):", "",

@@ -32,13 +32,16 @@ def seed_002_form(image: bytes, text: str) -> tuple[str, bytes]:
 async def _closed_loop(send, count: int, concurrency: int, seconds: float) -> dict:
     """`concurrency` workers, each sending request after request for `seconds`."""
     latencies: list[float] = []
+    sent = 0
     started = time.perf_counter()
     stop_at = started + seconds
 
     async def worker(offset: int) -> None:
+        nonlocal sent
         index = offset
         while time.perf_counter() < stop_at:
             begin = time.perf_counter()
+            sent += 1
             await send(index % count)
             end = time.perf_counter()
             if end <= stop_at:
@@ -46,7 +49,8 @@ async def _closed_loop(send, count: int, concurrency: int, seconds: float) -> di
             index += concurrency
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return summarize(ITEMS_PER_REQUEST * len(latencies), seconds, latencies).as_dict()
+    row = summarize(ITEMS_PER_REQUEST * len(latencies), seconds, latencies).as_dict()
+    return {**row, "sent": sent}
 
 
 async def rest_load(base_url: str, images: list[bytes], texts: list[str], concurrency: int,
@@ -63,8 +67,9 @@ async def rest_load(base_url: str, images: list[bytes], texts: list[str], concur
             raise RuntimeError(f"unexpected answer: {response.body[:200]!r}")
 
     try:
-        await _closed_loop(send, len(forms), concurrency, warmup_seconds)
-        return await _closed_loop(send, len(forms), concurrency, seconds)
+        warmup = await _closed_loop(send, len(forms), concurrency, warmup_seconds)
+        row = await _closed_loop(send, len(forms), concurrency, seconds)
+        return {**row, "sent": warmup["sent"] + row["sent"]}
     finally:
         client.close()
 
@@ -82,5 +87,6 @@ async def grpc_unary_load(target: str, images: list[bytes], texts: list[str], co
             if any(result.HasField("error") for result in response.results):
                 raise RuntimeError(f"the server refused an item: {response}")
 
-        await _closed_loop(send, len(requests), concurrency, warmup_seconds)
-        return await _closed_loop(send, len(requests), concurrency, seconds)
+        warmup = await _closed_loop(send, len(requests), concurrency, warmup_seconds)
+        row = await _closed_loop(send, len(requests), concurrency, seconds)
+        return {**row, "sent": warmup["sent"] + row["sent"]}
