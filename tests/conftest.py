@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import io
+import os
+
+# As `python -m clip_grpc` does (see clip_grpc/__main__.py): torch's idle OpenMP workers must
+# sleep, not spin, or they starve the event loop and preprocessing threads of the 2 cores.
+# libgomp reads this once, when torch loads, so it is set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import io  # noqa: E402
 
 import pytest
 from PIL import Image
