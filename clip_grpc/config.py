@@ -20,7 +20,7 @@ class ServerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 1.0  # matters only while the model is idle: batches fill as one runs
     max_queue_size: int = 4096  # items admitted and not yet answered, across all RPCs
     stream_window: int = 256  # items one stream may have in flight
     preprocess_workers: int = 0  # 0: one per CPU core
@@ -62,7 +62,7 @@ _HELP = {
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto (fp32 on CPU, fp16 on CUDA) | fp32 | fp16 | bf16",
     "max_batch_size": "most items in one forward pass",
-    "max_wait_ms": "longest an item waits for its batch to fill",
+    "max_wait_ms": "longest an item waits for its batch to fill while the model is idle",
     "max_queue_size": "most items in flight; beyond it requests get RESOURCE_EXHAUSTED",
     "stream_window": "most items one stream may have in flight",
     "preprocess_workers": "threads decoding images and tokenising (0: one per core)",
