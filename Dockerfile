@@ -23,7 +23,7 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}" \
         "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY clip_grpc ./clip_grpc
 COPY rest_bridge ./rest_bridge
 # A regular (not editable) install: the packages and the demo model land in the venv.
