@@ -77,7 +77,19 @@ def _load_note() -> str:
     return f"1-min load {load[0]:.2f}" if load else "load unknown"
 
 
-async def stream_runs(target: str, server: processes.Child, images, texts, args) -> dict:
+MIN_BATCHES_IN_WINDOW = 15  # answers come a batch at a time: fewer would skew items/s
+
+
+def window_seconds(args, ceiling: dict | None, kind: str) -> float:
+    """args.seconds, stretched so that the window holds MIN_BATCHES_IN_WINDOW full batches."""
+    if ceiling is None:
+        return args.seconds
+    batch_seconds = args.max_batch_size / ceiling[kind]["ceiling_items_per_s"]
+    return max(args.seconds, MIN_BATCHES_IN_WINDOW * batch_seconds)
+
+
+async def stream_runs(target: str, server: processes.Child, images, texts, args,
+                      ceiling: dict | None = None) -> dict:
     load = grpc_stream.StreamLoad(args.streams, args.items_per_message, args.messages_in_flight,
                                   args.seconds, args.warmup_seconds)
     count = max(2 * load.streams * load.messages_in_flight, len(images) // load.items_per_message)
@@ -92,7 +104,8 @@ async def stream_runs(target: str, server: processes.Child, images, texts, args)
         def window_end(at_end=at_end):
             at_end.update(server=server.cpu_seconds(), client=time.process_time())
 
-        row = await grpc_stream.drive(target, requests, load, load.seconds, window_end)
+        seconds = window_seconds(args, ceiling, kind)
+        row = await grpc_stream.drive(target, requests, load, seconds, window_end)
         for side in ("server", "client"):
             row[f"{side}_cpu_ms_per_item"] = (at_end[side] - cpu[side]) * 1000 / row["items"]
         print(f"  EmbedStream {kind:5}: {row['items_per_s']:9.1f} items/s, p50 "
@@ -203,7 +216,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
             print(f"  -- round {index + 1} of {args.rounds}; {_load_note()}", flush=True)
             ceiling = model_only.forward_ceiling(loaded, pixels, token_ids, args.batch_sizes,
                                                  args.model_seconds)
-            stream = await stream_runs(target, server, images, texts, args)
+            stream = await stream_runs(target, server, images, texts, args, ceiling)
             ratios = {kind: stream[kind]["items_per_s"] / ceiling[kind]["ceiling_items_per_s"]
                       for kind in ("image", "text")}
             print("  end-to-end / model-only: " + ", ".join(
