@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of model-only then end to end; medians are reported")
     parser.add_argument("--seconds", type=float, default=12.0,
-                        help="measured seconds of each end-to-end run")
+                        help="measured seconds of each end-to-end run, stretched to hold "
+                             "--min-batches full batches")
+    parser.add_argument("--min-batches", type=int, default=15,
+                        help="answers arrive a batch at a time: fewer batches per window would "
+                             "make items/s jump")
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
     parser.add_argument("--model-seconds", type=float, default=4.0,
                         help="seconds of model-only batches at each batch size")
@@ -42,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rest-concurrency", default="1,16",
                         help="REST (and unary gRPC) concurrency levels, comma separated")
     parser.add_argument("--server-args", default="",
-                        help="extra flags for `python -m clip_grpc`, e.g. '--max-wait-ms 1'")
+                        help="extra flags for `python -m clip_grpc`, e.g. '--jpeg-decode draft'")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the server process, e.g. OMP_NUM_THREADS=1")
     parser.add_argument("--inputs", type=int, default=64, help="distinct images and texts")
@@ -54,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.model = args.model or ["demo", "vit-b32"]
     if args.quick:
         args.seconds, args.warmup_seconds, args.model_seconds, args.rounds = 3.0, 1.0, 1.0, 1
+        args.min_batches = 2
         args.inputs = min(args.inputs, 32)
     args.server_flags = shlex.split(args.server_args)
     args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
@@ -77,15 +82,12 @@ def _load_note() -> str:
     return f"1-min load {load[0]:.2f}" if load else "load unknown"
 
 
-MIN_BATCHES_IN_WINDOW = 15  # answers come a batch at a time: fewer would skew items/s
-
-
 def window_seconds(args, ceiling: dict | None, kind: str) -> float:
-    """args.seconds, stretched so that the window holds MIN_BATCHES_IN_WINDOW full batches."""
+    """args.seconds, stretched so that the window holds args.min_batches full batches."""
     if ceiling is None:
         return args.seconds
     batch_seconds = args.max_batch_size / ceiling[kind]["ceiling_items_per_s"]
-    return max(args.seconds, MIN_BATCHES_IN_WINDOW * batch_seconds)
+    return max(args.seconds, args.min_batches * batch_seconds)
 
 
 async def stream_runs(target: str, server: processes.Child, images, texts, args,
