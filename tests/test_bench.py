@@ -1,0 +1,73 @@
+"""The benchmark harness's own logic (the measurements themselves run with `python -m bench`)."""
+
+import io
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from bench import report
+from bench.__main__ import median_of, window_seconds
+from bench.inputs import photo_like_jpeg, sentence
+from bench.rest import seed_002_form
+from bench.stats import summarize
+from rest_bridge.multipart import parse_form
+
+
+def test_photos_are_deterministic_640x480_jpegs_of_photo_size():
+    data = photo_like_jpeg(3)
+    assert data == photo_like_jpeg(3) and data != photo_like_jpeg(4)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "JPEG" and image.size == (640, 480)
+    assert 40_000 < len(data) < 200_000  # textured like a photo, not a flat synthetic picture
+
+
+def test_sentences_have_5_to_20_words_and_are_deterministic():
+    counts = {len(sentence(i).split()) for i in range(200)}
+    assert min(counts) == 5 and max(counts) == 20
+    assert sentence(7) == sentence(7) != sentence(8)
+
+
+def test_summary_percentiles_and_rate():
+    summary = summarize(items=400, seconds=2.0, latencies_s=[i / 1000 for i in range(1, 101)])
+    assert summary.items_per_s == 200
+    assert summary.p50_ms == pytest.approx(50.5) and summary.p99_ms == pytest.approx(99.01)
+    with pytest.raises(ValueError, match="no request completed"):
+        summarize(0, 1.0, [])
+
+
+def test_median_of_rounds_goes_through_nested_results():
+    rounds = [{"a": {"x": 1.0, "rows": [{"v": 3}]}, "name": "m"},
+              {"a": {"x": 5.0, "rows": [{"v": 1}]}, "name": "m"},
+              {"a": {"x": 2.0, "rows": [{"v": 2}]}, "name": "m"}]
+    assert median_of(rounds) == {"a": {"x": 2.0, "rows": [{"v": 2}]}, "name": "m"}
+
+
+def test_windows_stretch_to_hold_enough_batches():
+    args = SimpleNamespace(seconds=12.0, max_batch_size=32, min_batches=15)
+    slow = {"image": {"ceiling_items_per_s": 16.0}}  # 2 s per batch
+    fast = {"image": {"ceiling_items_per_s": 10_000.0}}
+    assert window_seconds(args, slow, "image") == pytest.approx(30.0)
+    assert window_seconds(args, fast, "image") == 12.0
+    assert window_seconds(args, None, "image") == 12.0
+
+
+def test_the_seed_002_form_is_what_the_bridge_reads():
+    content_type, body = seed_002_form(b"\xff\xd8jpeg bytes", "a photo of a dog")
+    items = parse_form(content_type, body, max_fields=16)
+    assert sorted((item.kind, item.form_id) for item in items) == [("image", "1"), ("text", "1")]
+    assert {item.text for item in items} >= {"a photo of a dog"}
+
+
+def test_markdown_sections_are_replaced_and_hand_written_text_kept(tmp_path, monkeypatch):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# Benchmarks\nintro\n{report.RESULTS_BEGIN}\n{report.RESULTS_END}\nnotes\n")
+    monkeypatch.setattr(report, "BENCHMARKS_MD", path)
+    monkeypatch.setattr(report, "model_section", lambda result, machine, when: result["text"])
+    for text in ("first run\n", "second run\n"):
+        report.update_markdown({"models": [{"model": "demo", "text": text}], "machine": {},
+                                "when": "now"})
+    content = path.read_text()
+    assert "second run" in content and "first run" not in content
+    assert content.startswith("# Benchmarks\nintro\n") and content.endswith("notes\n")
+    assert content.index("second run") < content.index(report.RESULTS_END)
