@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
     server_config = _server_config(args.server_flags)
     args.max_batch_size = server_config.max_batch_size
+    args.dtype = server_config.dtype  # the model-only ceiling runs the model as the server does
     args.batch_sizes = (sorted({int(b) for b in args.batch_sizes.split(",")}) if args.batch_sizes
                         else sorted({1, 8, args.max_batch_size}))
     args.rest_concurrency = [int(c) for c in args.rest_concurrency.split(",")]
@@ -209,7 +210,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
     folder, description = models.resolve(name)
     print(f"\n== {name}: {description} ({folder}); {_load_note()}", flush=True)
     load_note = f"{_load_note()} at start"
-    loaded = load_model(folder, "cpu", "fp32")
+    loaded = load_model(folder, "cpu", args.dtype)
     pixels, token_ids = model_only.preprocess(loaded, images, texts)
     server, target = await processes.start_server(folder, args.server_flags, args.server_env)
     rounds = []

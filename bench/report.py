@@ -30,7 +30,8 @@ def _fmt(value, digits=1) -> str:
 def model_section(result: dict, machine: dict, when: str) -> str:
     settings = " ".join([*(f"{k}={v}" for k, v in result["server_env"].items()),
                          *result["server_flags"]]) or "(defaults)"
-    lines = [f"### {result['model']}: {result['description']}", "",
+    heading = result["model"] if settings == "(defaults)" else f"{result['model']} `{settings}`"
+    lines = [f"### {heading}: {result['description']}", "",
              f"{when}; {one_line(machine)}; server settings: `{settings}`; "
              f"{result['load_note']}", "",
              f"Medians of {result['rounds']} rounds, each measuring model-only then end to end; "
@@ -106,13 +107,19 @@ def _replace(text: str, key: str, content: str) -> str:
     return text.replace(RESULTS_END, f"{block}\n\n{RESULTS_END}")
 
 
+def section_key(result: dict) -> str:
+    """One section per model and non-default server settings."""
+    settings = [*(f"{k}={v}" for k, v in result["server_env"].items()), *result["server_flags"]]
+    return " ".join([f"model={result['model']}", *settings])
+
+
 def update_markdown(run: dict) -> None:
     text = (BENCHMARKS_MD.read_text() if BENCHMARKS_MD.is_file()
             else f"# Benchmarks\n\n{RESULTS_BEGIN}\n{RESULTS_END}\n")
     if RESULTS_BEGIN not in text:
         text += f"\n{RESULTS_BEGIN}\n{RESULTS_END}\n"
     for result in run["models"]:
-        text = _replace(text, f"model={result['model']}",
+        text = _replace(text, section_key(result),
                         model_section(result, run["machine"], run["when"]))
     if run.get("serialisation"):
         text = _replace(text, "serialisation", serialisation_section(run["serialisation"]))

@@ -64,10 +64,15 @@ def test_markdown_sections_are_replaced_and_hand_written_text_kept(tmp_path, mon
     path.write_text(f"# Benchmarks\nintro\n{report.RESULTS_BEGIN}\n{report.RESULTS_END}\nnotes\n")
     monkeypatch.setattr(report, "BENCHMARKS_MD", path)
     monkeypatch.setattr(report, "model_section", lambda result, machine, when: result["text"])
-    for text in ("first run\n", "second run\n"):
-        report.update_markdown({"models": [{"model": "demo", "text": text}], "machine": {},
-                                "when": "now"})
+    def run(text, flags=()):
+        result = {"model": "demo", "text": text, "server_flags": list(flags), "server_env": {}}
+        report.update_markdown({"models": [result], "machine": {}, "when": "now"})
+
+    run("first run\n")
+    run("bf16 run\n", ["--dtype", "bf16"])
+    run("second run\n")
     content = path.read_text()
     assert "second run" in content and "first run" not in content
+    assert "bf16 run" in content  # other settings of the same model keep their own section
     assert content.startswith("# Benchmarks\nintro\n") and content.endswith("notes\n")
     assert content.index("second run") < content.index(report.RESULTS_END)
