@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     server_config = _server_config(args.server_flags)
     args.max_batch_size = server_config.max_batch_size
     args.dtype = server_config.dtype  # the model-only ceiling runs the model as the server does
+    args.jpeg_draft = server_config.jpeg_decode == "draft"
     args.batch_sizes = (sorted({int(b) for b in args.batch_sizes.split(",")}) if args.batch_sizes
                         else sorted({1, 8, args.max_batch_size}))
     args.rest_concurrency = [int(c) for c in args.rest_concurrency.split(",")]
@@ -225,7 +226,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
             print("  end-to-end / model-only: " + ", ".join(
                 f"{kind}s {ratio:.2f}" for kind, ratio in ratios.items()), flush=True)
             rounds.append({"model_only": ceiling, "grpc_stream": stream, "ratios": ratios})
-        steps = stage_costs.measure(loaded, images, texts)
+        steps = stage_costs.measure(loaded, images, texts, args.jpeg_draft)
         print("  steps alone (ms per item): " + ", ".join(
             f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
         del loaded, pixels, token_ids

@@ -46,12 +46,18 @@ def serialisation_ms(dim: int, batch: int = 32) -> dict:
             "parse_ms": ms_per_call(parse_and_read, [None]) / batch}
 
 
-def measure(loaded: LoadedModel, images: list[bytes], texts: list[str]) -> dict:
+def measure(loaded: LoadedModel, images: list[bytes], texts: list[str],
+            jpeg_draft: bool = False) -> dict:
     """Single-threaded ms per item of each preprocessing and serialisation step."""
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
-    decoded = [decode_image(data, NO_LIMIT, NO_LIMIT) for data in images]
+    draft_size = loaded.image_transform.draft_size if jpeg_draft else None
+
+    def decode(data: bytes):
+        return decode_image(data, NO_LIMIT, NO_LIMIT, draft_size)
+
+    decoded = [decode(data) for data in images]
     return {
-        "decode_ms": ms_per_call(lambda data: decode_image(data, NO_LIMIT, NO_LIMIT), images),
+        "decode_ms": ms_per_call(decode, images),
         "resize_normalise_ms": ms_per_call(loaded.image_transform, decoded),
         "tokenise_ms": ms_per_call(tokenize, texts),
         **serialisation_ms(loaded.embedding_dim),
