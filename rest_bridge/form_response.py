@@ -5,7 +5,7 @@ from __future__ import annotations
 from clip_grpc.v1 import clip_pb2
 from rest_bridge.multipart import IMAGE, TEXT, FormItem
 from rest_bridge.status_map import ApiError, from_item_error
-from rest_bridge.vectors import cosine, similarity_score, to_array, to_json_floats
+from rest_bridge.vectors import cosine, similarity_score, to_array
 
 
 def image_vector_key(form_id: str) -> str:
@@ -53,9 +53,9 @@ def build_form_response(items: list[FormItem], response: clip_pb2.EmbedResponse)
     for form_id in dict.fromkeys(item.form_id for item in items):
         image, text = vectors.get((IMAGE, form_id)), vectors.get((TEXT, form_id))
         if image is not None:
-            answer[image_vector_key(form_id)] = to_json_floats(image)
+            answer[image_vector_key(form_id)] = image  # float32 arrays: see vectors.dump_json
         if text is not None:
-            answer[text_vector_key(form_id)] = to_json_floats(text)
+            answer[text_vector_key(form_id)] = text
         if image is not None and text is not None:
             cos = cosine(image, text)
             answer[score_key(form_id)] = similarity_score(cos)

@@ -4,7 +4,6 @@ request-body limit."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
@@ -24,6 +23,7 @@ from rest_bridge.status_map import (
     from_rpc_error,
     invalid_argument,
 )
+from rest_bridge.vectors import dump_json
 
 log = logging.getLogger("rest_bridge")
 
@@ -77,7 +77,7 @@ class BaseHandler(RequestHandler):
     def write_json(self, body: dict, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
+        self.finish(dump_json(body))
 
     def answer_error(self, error: ApiError) -> None:
         self.clear()
