@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from clip_grpc.config import DEMO_MODEL_DIR
+from demo.examples import EXAMPLES, class_caption
 from tests.entrypoint_helpers import (
+    REPO,
     STARTUP_S,
     STOP_S,
     Entrypoint,
@@ -20,6 +23,7 @@ from tests.entrypoint_helpers import (
     healthcheck,
     image_env,
     model_info,
+    post_clip_form,
     run_to_exit,
     server_serving,
     wait_until,
@@ -40,6 +44,38 @@ def assert_stopped_cleanly(entrypoint: Entrypoint, code: int, seconds: float) ->
     for pid in entrypoint.child_pids().values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_all_mode_serves_the_demo_model_and_stops_both_on_sigterm(tmp_path, run_entrypoint):
+    empty_mount = tmp_path / "model"
+    empty_mount.mkdir()
+    entrypoint = run_entrypoint(image_env(empty_mount))
+    wait_until(lambda: bridge_ready(entrypoint), "ready REST bridge", entrypoint)
+
+    assert "shipped demo model" in entrypoint.log
+    assert set(entrypoint.child_pids()) == {"gRPC server", "REST bridge"}
+    assert model_info(entrypoint).model_source == str(DEMO_MODEL_DIR.resolve())
+    assert healthcheck(entrypoint) == 0
+
+    # Seed 002's request: each example picture with its caption, and again with another's.
+    texts, files = {}, {}
+    for index, (name, scene) in enumerate(EXAMPLES):
+        wrong_scene = EXAMPLES[(index + 1) % len(EXAMPLES)][1]
+        files[f"image-match{index}"] = files[f"image-wrong{index}"] = (
+            REPO / "examples" / name).read_bytes()
+        texts[f"text-match{index}"] = class_caption(scene)
+        texts[f"text-wrong{index}"] = class_caption(wrong_scene)
+    answer = post_clip_form(entrypoint, texts, files)
+    for index, (name, _) in enumerate(EXAMPLES):
+        matching = answer[f"image_vector_match{index}_cosine"]
+        wrong = answer[f"image_vector_wrong{index}_cosine"]
+        assert matching > wrong, f"{name}: {texts[f'text-match{index}']!r} scored {matching}, " \
+                                 f"{texts[f'text-wrong{index}']!r} {wrong}"
+
+    code, seconds = entrypoint.stop(signal.SIGTERM)
+    assert_stopped_cleanly(entrypoint, code, seconds)
+    assert "got SIGTERM" in entrypoint.log
+    assert healthcheck(entrypoint) == 1
 
 
 def test_all_mode_drains_both_on_sigint_too(tmp_path, tiny_clip_dir, run_entrypoint):
