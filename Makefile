@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# Where pip finds torch. Empty: the default index (the CI machines keep a CPU build on disk);
+# elsewhere, for the small CPU build: TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 PROTO_SRC := proto/clip_grpc/v1/clip.proto
 STUBS := clip_grpc/v1/clip_pb2.py clip_grpc/v1/clip_pb2.pyi clip_grpc/v1/clip_pb2_grpc.py
 
@@ -15,7 +18,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -36,18 +39,19 @@ proto-check: $(VENV)/.installed ## fail when the committed stubs differ from pro
 	for f in $(STUBS); do diff -u $$f $$tmp/$$f || { echo "stale stub: $$f (run make proto)"; exit 1; }; done && \
 	rm -rf $$tmp && echo "stubs up to date"
 
-lint: install ## ruff, buf lint, hadolint
+lint: install ## ruff, buf lint, hadolint, shellcheck
 	$(VENV)/bin/ruff check .
 	npx --no-install buf lint
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck docker/entrypoint.sh
 
 test: install proto-check lint ## proto-check, lints, then the whole test suite
 	@$(VENV)/bin/pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$status
 
-run: install ## serve the demo model: gRPC on 50051, REST on 8081
-	$(PY) -m clip_grpc.run_all
+run: install ## serve the demo model: gRPC on 50051, REST on 8081 (Ctrl-C stops both)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" docker/entrypoint.sh all
 
 bench: install ## benchmarks (writes bench/results and BENCHMARKS.md)
 	$(PY) -m bench
