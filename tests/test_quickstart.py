@@ -13,8 +13,7 @@ import pytest
 from clip_grpc.config import DEMO_MODEL_DIR
 from tests.entrypoint_helpers import REPO, bridge_ready, entrypoints, image_env, wait_until
 
-# docker/README_SECTION.md holds the section until it is merged into README.md.
-SOURCES = (REPO / "README.md", REPO / "docker" / "README_SECTION.md")
+SOURCES = (REPO / "README.md",)
 COMMAND_STARTS = ("curl ", ".venv/bin/grpcurl ")
 
 
