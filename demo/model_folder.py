@@ -10,7 +10,12 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = REPO_ROOT / "clip_grpc" / "demo_model"
-TOKENIZER_SOURCE = REPO_ROOT.parent / "shared" / "clip-tokenizer"
+# The real CLIP tokenizer (folder, license file): the shared copy next to this checkout when there
+# is one, else the copy the demo model folder ships, so that a fresh clone can retrain.
+TOKENIZER_SOURCES = (
+    (REPO_ROOT.parent / "shared" / "clip-tokenizer", "LICENSE"),
+    (DEMO_MODEL_DIR, "TOKENIZER_LICENSE"),
+)
 
 IMAGE_SIZE = 64
 EMBEDDING_DIM = 64
@@ -58,11 +63,24 @@ def image_processor() -> CLIPImageProcessor:
     )
 
 
+def tokenizer_source() -> tuple[Path, Path]:
+    """The folder holding the CLIP tokenizer's vocab.json and merges.txt, and its license."""
+    for folder, license_name in TOKENIZER_SOURCES:
+        if all((folder / n).is_file() for n in ("vocab.json", "merges.txt", license_name)):
+            return folder, folder / license_name
+    searched = ", ".join(str(folder) for folder, _ in TOKENIZER_SOURCES)
+    raise FileNotFoundError(f"CLIP tokenizer files (vocab.json, merges.txt) not in {searched}")
+
+
 def load_source_tokenizer() -> CLIPTokenizer:
-    """The real CLIP tokenizer from the shared folder, with CLIP's 77-token context."""
-    if not (TOKENIZER_SOURCE / "vocab.json").is_file():
-        raise FileNotFoundError(f"CLIP tokenizer files not found in {TOKENIZER_SOURCE}")
-    return CLIPTokenizer.from_pretrained(TOKENIZER_SOURCE, model_max_length=CONTEXT_LENGTH)
+    """The real CLIP tokenizer, with CLIP's 77-token context."""
+    folder, _ = tokenizer_source()
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=CONTEXT_LENGTH)
+
+
+def _copy(source: Path, target: Path) -> None:
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
 
 
 _SPECIAL_TOKEN = {"lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
@@ -75,9 +93,10 @@ def write_preprocessing_files(folder: Path) -> None:
     # save_pretrained writes tokenizer.json (what AutoTokenizer needs); the BPE files and the
     # license are copied as they are, and the two small configs are written plainly.
     load_source_tokenizer().save_pretrained(folder)
+    source, license_file = tokenizer_source()
     for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(TOKENIZER_SOURCE / name, folder / name)
-    shutil.copyfile(TOKENIZER_SOURCE / "LICENSE", folder / "TOKENIZER_LICENSE")
+        _copy(source / name, folder / name)
+    _copy(license_file, folder / "TOKENIZER_LICENSE")
     tokenizer_config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": CONTEXT_LENGTH,
