@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import grpc
 import numpy as np
 import pytest
 
 from clip_grpc.client import Client
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+from tests.conftest import self_signed_certificate
 
 TOKEN = "s3cret"
 
 
 @pytest.fixture
 def certificate(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return key, cert
+    return self_signed_certificate(tmp_path, "IP:127.0.0.1")
 
 
 class TokenCheckingService(clip_pb2_grpc.ClipServiceServicer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, self_signed_certificate
 from tests.rest_helpers import encode_form, error_of, running_bridge
 
 
@@ -71,16 +70,7 @@ def test_bad_settings_exit_with_a_message():
 
 @pytest.fixture
 def certificate(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=clip.test",
-         "-addext", "subjectAltName=DNS:clip.test"],
-        check=True, capture_output=True, timeout=60,
-    )
-    return key, cert
+    return self_signed_certificate(tmp_path, "DNS:clip.test")
 
 
 async def test_tls_towards_the_server(certificate):
