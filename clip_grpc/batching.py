@@ -9,6 +9,7 @@ away (their future was cancelled) are dropped before they reach the model.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -40,7 +41,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and Info
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)  # recent sizes
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -94,7 +95,7 @@ class Batcher:
             batch = [p for p in await self._collect() if not p.future.done()]
             if not batch:
                 continue
-            self.batch_sizes = self.batch_sizes[-999:] + [len(batch)]
+            self.batch_sizes.append(len(batch))
             try:
                 outputs = await loop.run_in_executor(
                     self._executor, self._run_batch, [p.payload for p in batch]

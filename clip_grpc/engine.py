@@ -19,6 +19,7 @@ from .model.encoder import Encoder
 from .model.images import decode_image
 from .model.loading import LoadedModel
 from .model.texts import TextTokenizer
+from .scores import clip_score
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ class Ranked:
     cosine: float
     probability: float
     score: int
-
-
-def clip_score(cosine: float) -> int:
-    """The torchmetrics CLIPScore convention: round(100 * max(cosine, 0))."""
-    return int(round(100 * max(cosine, 0.0)))
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -152,12 +148,12 @@ class Engine:
         """Score candidates against the query, best first. Any bad input fails the ranking."""
         if not candidates:
             raise InvalidInput("rank needs at least one candidate", "candidates")
-        outcomes = await self.embed([query, *candidates], truncate=truncate)
+        items = [query, *candidates]
+        outcomes = await self.embed(items, truncate=truncate)
         for position, outcome in enumerate(outcomes):
             if isinstance(outcome, ClipError):
                 where = "query" if position == 0 else f"candidates[{position - 1}]"
-                item_id = ([query, *candidates])[position].id
-                outcome.message = f"{where} (id {item_id!r}): {outcome.message}"
+                outcome.message = f"{where} (id {items[position].id!r}): {outcome.message}"
                 outcome.field = where if not outcome.field else f"{where}.{outcome.field}"
                 raise outcome
         query_vector, candidate_vectors = outcomes[0], np.stack(outcomes[1:])

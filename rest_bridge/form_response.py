@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from clip_grpc.scores import clip_score
 from clip_grpc.v1 import clip_pb2
 from rest_bridge.multipart import IMAGE, TEXT, FormItem
 from rest_bridge.status_map import ApiError, from_item_error
-from rest_bridge.vectors import cosine, similarity_score, to_array
+from rest_bridge.vectors import cosine, to_array
 
 
 def image_vector_key(form_id: str) -> str:
@@ -58,6 +59,6 @@ def build_form_response(items: list[FormItem], response: clip_pb2.EmbedResponse)
             answer[text_vector_key(form_id)] = text
         if image is not None and text is not None:
             cos = cosine(image, text)
-            answer[score_key(form_id)] = similarity_score(cos)
+            answer[score_key(form_id)] = clip_score(cos)
             answer[cosine_key(form_id)] = cos
     return answer

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import orjson
 
@@ -26,13 +24,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     if norms == 0.0:
         return 0.0
     return float(np.dot(a.astype(np.float64), b.astype(np.float64)) / norms)
-
-
-def similarity_score(cos: float) -> int:
-    """Seed 002's 0-100 score: round(100 * max(cosine, 0)) (torchmetrics' CLIPScore rule)."""
-    if math.isnan(cos):
-        return 0
-    return min(100, round(100 * max(cos, 0.0)))
 
 
 def dump_json(body: dict) -> bytes:

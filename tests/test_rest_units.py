@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from clip_grpc.scores import clip_score
 from clip_grpc.v1 import clip_pb2
 from rest_bridge.config import BridgeConfig, parse_config
 from rest_bridge.form_response import build_form_response
@@ -21,7 +22,7 @@ from rest_bridge.status_map import (
     from_rpc_error,
     http_status_for,
 )
-from rest_bridge.vectors import cosine, dump_json, similarity_score, to_array
+from rest_bridge.vectors import cosine, dump_json, to_array
 from tests.rest_helpers import encode_form
 
 PNG = b"\x89PNG\r\n\x1a\n not really"
@@ -166,7 +167,7 @@ def test_json_floats_read_back_as_the_same_float32():
      (math.nan, 0)],
 )
 def test_similarity_score_is_round_100_max_cosine_0(cos, score):
-    assert similarity_score(cos) == score
+    assert clip_score(cos) == score
 
 
 def test_cosine_of_unnormalised_vectors():
