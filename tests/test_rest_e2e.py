@@ -104,8 +104,9 @@ async def test_many_ids_with_images_texts_or_both(bridge, dim):
         "image_vector_b.2_similarity_score", "image_vector_b.2_cosine",
         "image_pic_3_vector", "text_only_vector"}
     assert all(len(v) == dim for k, v in answer.items() if k.endswith("_vector"))
-    # Same image bytes, same vector.
-    assert answer["image_1_vector"] == answer["image_pic_3_vector"]
+    # Same image bytes, same vector: equal up to float32 rounding, since the two copies may run
+    # in batches of different sizes, whose matmuls sum in a different order (seen in CI-like runs).
+    np.testing.assert_allclose(answer["image_1_vector"], answer["image_pic_3_vector"], atol=1e-6)
 
 
 async def test_image_only_and_text_only(bridge, dim):
