@@ -15,6 +15,7 @@ from rest_bridge.handlers.embed import EmbedHandler
 from rest_bridge.handlers.health import HealthzHandler, ReadyzHandler
 from rest_bridge.handlers.info import InfoHandler
 from rest_bridge.handlers.metrics import MetricsHandler
+from rest_bridge.handlers.openai_embeddings import EmbeddingsHandler, ModelHandler, ModelsHandler
 from rest_bridge.handlers.openapi import OpenApiHandler
 from rest_bridge.handlers.rank import RankHandler
 from rest_bridge.metrics import BridgeMetrics
@@ -29,6 +30,9 @@ HANDLERS = (
     ReadyzHandler,
     MetricsHandler,
     OpenApiHandler,
+    EmbeddingsHandler,
+    ModelsHandler,
+    ModelHandler,
 )
 
 

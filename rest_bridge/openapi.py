@@ -132,6 +132,26 @@ _REQUEST_ID = {
 }
 
 
+def _openai_paths() -> dict:
+    openai_error = {"description": "OpenAI's error shape: {error: {message, type, param, code}}",
+                    "content": {"application/json": {"schema": {"type": "object"}}}}
+    errors = {str(status): openai_error for status in (400, 413, 429, 500, 503, 504)}
+    return {
+        "/v1/embeddings": {"post": {
+            "summary": "OpenAI-compatible embeddings: {model, input: str | [str], "
+            "encoding_format: float | base64, dimensions?, user?, modality?: text | image}; "
+            "images as data: URIs with modality image",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["input"]}}}},
+            "responses": {"200": _json_answer({"type": "object"}), **errors},
+        }},
+        "/v1/models": {"get": {
+            "summary": "OpenAI-compatible list of the served model",
+            "responses": {"200": _json_answer({"type": "object"}), **errors},
+        }},
+    }
+
+
 @functools.cache
 def openapi_document() -> dict:
     schemas: dict = {"Error": _error_schema(), "ClipFormResponse": _clip_form_response_schema()}
@@ -188,6 +208,7 @@ def openapi_document() -> dict:
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}},
         }},
     }
+    paths.update(_openai_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "clip-grpc REST bridge", "version": "1"},

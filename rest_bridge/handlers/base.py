@@ -84,7 +84,11 @@ class BaseHandler(RequestHandler):
         self.error = error
         if error.status_code in RETRYABLE_STATUSES:
             self.set_header("Retry-After", str(self.config.retry_after_s))
-        self.write_json(error.body(), error.status_code)
+        self.write_json(self.error_body(error), error.status_code)
+
+    def error_body(self, error: ApiError) -> dict:
+        """The JSON body of an error answer; peer protocols answer in their own shape."""
+        return error.body()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exception = kwargs.get("exc_info", (None, None, None))[1]
