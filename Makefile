@@ -10,7 +10,7 @@ PROTO_SRC := proto/clip_grpc/v1/clip.proto
 STUBS := clip_grpc/v1/clip_pb2.py clip_grpc/v1/clip_pb2.pyi clip_grpc/v1/clip_pb2_grpc.py
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto proto-check lint test run bench demo-model docker clean
+.PHONY: help install test-deps proto proto-check lint test screenshot run bench demo-model docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,13 +45,20 @@ lint: install ## ruff, buf lint, hadolint, shellcheck
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck docker/entrypoint.sh
 
-test: install proto-check lint ## proto-check, lints, then the whole test suite
+# Test-only tools that pip cannot bring: Debian's chromium for the playground's browser test.
+test-deps: node_modules/.installed ## tools only the tests need (node packages, chromium)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install test-deps proto-check lint ## proto-check, lints, then the whole test suite
 	@$(VENV)/bin/pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$status
 
 run: install ## serve the demo model: gRPC on 50051, REST on 8081 (Ctrl-C stops both)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" docker/entrypoint.sh all
+
+screenshot: install test-deps ## retake docs/playground.png (the README's picture) in headless chromium
+	PLAYGROUND_SCREENSHOT=$(CURDIR)/docs/playground.png $(VENV)/bin/pytest -q tests/test_playground.py -k ranks_each
 
 bench: install ## benchmarks (writes bench/results and BENCHMARKS.md)
 	$(PY) -m bench

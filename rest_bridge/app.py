@@ -17,6 +17,7 @@ from rest_bridge.handlers.info import InfoHandler
 from rest_bridge.handlers.metrics import MetricsHandler
 from rest_bridge.handlers.openai_embeddings import EmbeddingsHandler, ModelHandler, ModelsHandler
 from rest_bridge.handlers.openapi import OpenApiHandler
+from rest_bridge.handlers.pages import page_routes
 from rest_bridge.handlers.rank import RankHandler
 from rest_bridge.metrics import BridgeMetrics
 from rest_bridge.request_log import record_request
@@ -42,7 +43,7 @@ def make_app(
     metrics = metrics if metrics is not None else BridgeMetrics()
     collaborators = {"config": config, "backend": backend, "metrics": metrics}
     app = Application(
-        [(handler.route, handler, collaborators) for handler in HANDLERS],
+        [(handler.route, handler, collaborators) for handler in HANDLERS] + page_routes(),
         default_handler_class=NotFoundHandler,
         default_handler_args=collaborators,
         log_function=functools.partial(record_request, metrics),

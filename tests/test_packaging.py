@@ -25,7 +25,9 @@ def test_the_wheel_carries_the_stubs_and_both_services(wheel):
     wheel_files = set(wheel.namelist())
     for name in ("clip_grpc/v1/clip_pb2.py", "clip_grpc/v1/clip_pb2.pyi",
                  "clip_grpc/v1/clip_pb2_grpc.py", "clip_grpc/server.py",
-                 "rest_bridge/app.py", "rest_bridge/handlers/clip_form.py"):
+                 "rest_bridge/app.py", "rest_bridge/handlers/clip_form.py",
+                 "rest_bridge/static/index.html", "rest_bridge/static/playground.js",
+                 "rest_bridge/static/docs.js"):
         assert name in wheel_files
 
 
