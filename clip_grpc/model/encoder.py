@@ -25,6 +25,8 @@ class Encoder:
         # so its texts are always padded to the context; CLIP's causal tower pools the EOS token,
         # so padding to the longest text in the batch gives the same result, faster.
         self.pad_to_context = loaded.family == "siglip"
+        # A tokenizer that pads on the left (as Gemma's may) moves the text to the end.
+        self.pad_left = self.pad_to_context and loaded.padding_side == "left"
 
     def embed_images(self, pixels: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(pixels))
@@ -38,8 +40,9 @@ class Encoder:
         ids = np.full((len(token_ids), width), self.loaded.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(token_ids), width), dtype=np.int64)
         for row, tokens in enumerate(token_ids):
-            ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = 1
+            where = slice(width - len(tokens), width) if self.pad_left else slice(0, len(tokens))
+            ids[row, where] = tokens
+            mask[row, where] = 1
         batch = {"input_ids": torch.from_numpy(ids).to(self.device)}
         if not self.pad_to_context:
             batch["attention_mask"] = torch.from_numpy(mask).to(self.device)

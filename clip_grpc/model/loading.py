@@ -15,10 +15,10 @@ from transformers.utils import logging as hf_logging
 
 from ..errors import ModelLoadError
 from .images import ImageTransform
+from .layouts import family_of, image_processor_config, refuse_known_unsupported
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"clip": "clip", "siglip": "siglip"}  # config.json model_type -> family
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -38,6 +38,7 @@ class LoadedModel:
     logit_scale: float
     logit_bias: float
     pad_token_id: int
+    padding_side: str = "right"  # where the tokenizer puts padding: "right" or "left"
 
     @property
     def dtype_name(self) -> str:
@@ -79,6 +80,7 @@ def unpack_zip(path: Path, into: Path) -> Path:
 
 def check_folder(folder: Path) -> dict:
     """Name every missing file at once, then return the parsed config.json."""
+    refuse_known_unsupported(folder)
     if not folder.is_dir():
         raise ModelLoadError(f"model folder {folder} does not exist")
     missing = []
@@ -86,20 +88,21 @@ def check_folder(folder: Path) -> dict:
         missing.append("config.json")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         missing.append("weights (" + " or ".join(WEIGHT_FILES) + ")")
-    if not (folder / "preprocessor_config.json").is_file():
-        missing.append("preprocessor_config.json")
+    if image_processor_config(folder) is None:
+        missing.append(
+            "preprocessor_config.json (or processor_config.json with an image_processor inside)"
+        )
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    has_other = any((folder / n).is_file() for n in ("tokenizer.json", "spiece.model"))
-    if not (has_bpe or has_other):
-        missing.append("tokenizer files (vocab.json + merges.txt, tokenizer.json or spiece.model)")
+    others = ("tokenizer.json", "spiece.model", "tokenizer.model")
+    if not (has_bpe or any((folder / name).is_file() for name in others)):
+        missing.append(
+            "tokenizer files (vocab.json + merges.txt, tokenizer.json, spiece.model or "
+            "tokenizer.model)"
+        )
     if missing:
         raise ModelLoadError(f"model folder {folder} is missing: {', '.join(missing)}")
     config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") not in FAMILIES:
-        raise ModelLoadError(
-            f"{folder}/config.json: model_type {config.get('model_type')!r} is not supported "
-            f"(supported: {', '.join(FAMILIES)})"
-        )
+    family_of(folder, config)
     return config
 
 
@@ -132,16 +135,14 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto") ->
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     tokenizer = load_tokenizer(folder)
-    transform = ImageTransform.from_preprocessor_config(
-        json.loads((folder / "preprocessor_config.json").read_text())
-    )
+    transform = ImageTransform.from_preprocessor_config(image_processor_config(folder))
     hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{folder}: the weights did not load: {error}") from error
     model = model.to(torch_device).eval()
-    family = FAMILIES[config["model_type"]]
+    family = family_of(folder, config)
     text_config = model.config.text_config
     bias = getattr(model, "logit_bias", None)
     pad_id = tokenizer.pad_token_id
@@ -161,4 +162,5 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto") ->
         logit_scale=float(model.logit_scale.detach().float().exp().item()),
         logit_bias=float(bias.detach().float().item()) if bias is not None else 0.0,
         pad_token_id=int(pad_id),
+        padding_side=tokenizer.padding_side,
     )
