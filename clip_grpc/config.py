@@ -27,6 +27,7 @@ class ServerConfig:
     jpeg_decode: str = "full"  # full | draft
     max_image_bytes: int = 20 * MIB
     max_image_pixels: int = 50_000_000
+    max_image_aspect_ratio: float = 50.0  # longest side / shortest side
     max_message_bytes: int = 64 * MIB
     grace_seconds: float = 30.0
     log_level: str = "INFO"
@@ -37,6 +38,8 @@ class ServerConfig:
                      "max_image_pixels", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_image_aspect_ratio < 1:
+            raise ValueError("max_image_aspect_ratio must be at least 1")
         if self.max_wait_ms < 0 or self.preprocess_workers < 0 or self.grace_seconds < 0:
             raise ValueError("max_wait_ms, preprocess_workers and grace_seconds can't be negative")
 
@@ -70,6 +73,8 @@ _HELP = {
     "smaller than the model input (about 40%% less CPU per photo, pixels differ slightly)",
     "max_image_bytes": "largest image file accepted, in bytes",
     "max_image_pixels": "largest image accepted, in pixels (decompression-bomb guard)",
+    "max_image_aspect_ratio": "thinnest image accepted: longest side / shortest side (thinner "
+    "ones would resize huge and crop to almost nothing)",
     "max_message_bytes": "largest gRPC message sent or received",
     "grace_seconds": "how long SIGTERM waits for in-flight work",
     "log_level": "DEBUG | INFO | WARNING | ERROR",

@@ -104,7 +104,8 @@ class Engine:
         transform = self.loaded.image_transform
         draft_size = transform.draft_size if self.config.jpeg_decode == "draft" else None
         image = decode_image(
-            data, self.config.max_image_bytes, self.config.max_image_pixels, draft_size
+            data, self.config.max_image_bytes, self.config.max_image_pixels, draft_size,
+            max_aspect_ratio=self.config.max_image_aspect_ratio,
         )
         return transform(image)
 

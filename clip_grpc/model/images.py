@@ -20,6 +20,9 @@ from ..errors import InvalidInput
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The documented formats, and the only Pillow plugins ever tried: no EPS (Ghostscript), no others.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+DEFAULT_MAX_ASPECT_RATIO = 50.0
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,21 @@ class ImageTransform:
         return math.ceil(width * scale), math.ceil(height * scale)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """An RGB PIL image -> float32 (3, H, W), normalised."""
+        """An RGB PIL image -> float32 (3, H, W), normalised.
+
+        The crop is taken on the uint8 image, so only the output becomes float32; the resize
+        costs the resized size, which decode_image's aspect-ratio bound keeps near the output's.
+        """
         new_size = self.target_size(*image.size)
         if new_size != image.size:
             image = image.resize(new_size, resample=self.resample)
+        if self.crop_hw and self.crop_hw[0] <= image.height and self.crop_hw[1] <= image.width:
+            crop_h, crop_w = self.crop_hw
+            top, left = int((image.height - crop_h) / 2.0), int((image.width - crop_w) / 2.0)
+            image = image.crop((left, top, left + crop_w, top + crop_h))
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
         if self.crop_hw:
-            pixels = _center_crop(pixels, *self.crop_hw)
+            pixels = _center_crop(pixels, *self.crop_hw)  # pads what is smaller than the crop
         return (pixels * self.rescale_factor - self.mean) / self.std
 
 
@@ -123,10 +134,18 @@ DraftSize = Callable[[int, int], tuple[int, int] | None]
 
 
 def decode_image(
-    data: bytes, max_bytes: int, max_pixels: int, draft_size: DraftSize | None = None
+    data: bytes,
+    max_bytes: int,
+    max_pixels: int,
+    draft_size: DraftSize | None = None,
+    *,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Image file bytes -> an RGB image, EXIF orientation applied; InvalidInput when it can't.
 
+    The size in the file's header is checked before any pixel is decoded: at most max_pixels,
+    and no thinner than max_aspect_ratio (a 20000x1 PNG of 140 bytes would resize to
+    1,280,000x64 for a 64-pixel model; a centre crop of it keeps nothing meaningful).
     With draft_size, a JPEG is decoded at the reduced size it gives (Pillow's draft mode):
     faster, but the pixels differ a little from a full decode then resize.
     """
@@ -139,14 +158,10 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidInput(
-                    f"image is {width}x{height} pixels; the limit is {max_pixels} pixels", "image"
-                )
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            _check_size(*image.size, max_pixels, max_aspect_ratio)
             if draft_size is not None and image.format == "JPEG":
-                reduced = draft_size(width, height)
+                reduced = draft_size(*image.size)
                 if reduced is not None:
                     image.draft("RGB", reduced)
             image.load()  # GIF/TIFF: the first frame
@@ -154,12 +169,36 @@ def decode_image(
             return _to_rgb(image)
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InvalidInput(f"image refused as a decompression bomb: {error}", "image") from None
+    except UnidentifiedImageError:
         raise InvalidInput(
             "image is not a readable PNG, JPEG, WebP, GIF, BMP or TIFF", "image"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
+        if "decompressed data too large" in str(error).lower():  # a PNG text or ICC chunk bomb
+            raise InvalidInput(
+                f"image refused as a decompression bomb: {error}", "image"
+            ) from None
         raise InvalidInput(f"image is corrupt or truncated ({error})", "image") from None
+
+
+def _check_size(width: int, height: int, max_pixels: int, max_aspect_ratio: float) -> None:
+    if width < 1 or height < 1:
+        raise InvalidInput(f"image is {width}x{height} pixels, which is empty", "image")
+    if width * height > max_pixels:
+        raise InvalidInput(
+            f"image is {width}x{height} pixels; the limit is {max_pixels} pixels "
+            "(a decompression-bomb guard)",
+            "image",
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_aspect_ratio:
+        raise InvalidInput(
+            f"image is {width}x{height} pixels, an aspect ratio of {ratio:.0f}:1; the limit is "
+            f"{max_aspect_ratio:g}:1 (too thin to resize and centre-crop sensibly)",
+            "image",
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
