@@ -19,6 +19,7 @@ from rest_bridge.handlers.openai_embeddings import EmbeddingsHandler, ModelHandl
 from rest_bridge.handlers.openapi import OpenApiHandler
 from rest_bridge.handlers.pages import page_routes
 from rest_bridge.handlers.rank import RankHandler
+from rest_bridge.handlers.shared_routes import EncodeRouteHandler, RankRouteHandler
 from rest_bridge.metrics import BridgeMetrics
 from rest_bridge.request_log import record_request
 
@@ -34,6 +35,8 @@ HANDLERS = (
     EmbeddingsHandler,
     ModelsHandler,
     ModelHandler,
+    EncodeRouteHandler,
+    RankRouteHandler,
 )
 
 
