@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
+from clip_grpc.logs import setup_logging
 from rest_bridge.app import make_app, make_http_server
 from rest_bridge.backend import ClipBackend, open_channel
 from rest_bridge.config import BridgeConfig, parse_config
@@ -17,18 +17,6 @@ from rest_bridge.metrics import BridgeMetrics
 log = logging.getLogger("rest_bridge")
 # How long a stopping bridge lets requests in flight finish.
 DRAIN_SECONDS = 10.0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # The access log is one JSON object per line, with nothing around it.
-    access = logging.getLogger("rest_bridge.access")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
 
 
 async def serve(config: BridgeConfig) -> None:
@@ -63,7 +51,7 @@ async def _drain(metrics: BridgeMetrics, seconds: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
-    configure_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)  # the server's formatter
     asyncio.run(serve(config))
 
 

@@ -1,114 +1,60 @@
-"""The bridge's configuration: one frozen dataclass, built once from flags and REST_BRIDGE_* env."""
+"""The bridge's configuration: one frozen dataclass, built once from flags and REST_BRIDGE_* env.
+
+Each setting is declared once below; `clip_grpc.settings` (shared with the server) turns the
+declarations into flags, environment variables, --help and checks.
+"""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
+
+from clip_grpc.settings import check_settings, parse_settings, setting
 
 ENV_PREFIX = "REST_BRIDGE_"
 MIB = 1024 * 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
 
 
 @dataclasses.dataclass(frozen=True)
 class BridgeConfig:
-    grpc_target: str = "localhost:50051"
-    host: str = "0.0.0.0"
-    port: int = 8081
-    # Deadline of every gRPC call made for an HTTP request.
-    grpc_timeout_s: float = 30.0
-    # Cap on the channel's reconnect backoff, so the bridge notices a restarted server quickly.
-    grpc_max_reconnect_backoff_ms: int = 2000
-    grpc_tls: bool = False
-    # PEM file of the root certificates that sign the server's certificate (implies TLS).
-    grpc_root_cert: str | None = None
-    # Expected name in the server's certificate, when it differs from the target's host.
-    grpc_tls_server_name: str | None = None
-    max_body_bytes: int = 50 * MIB
-    max_form_fields: int = 256
-    # Seconds suggested in Retry-After on 429 and 503 answers.
-    retry_after_s: int = 1
-    log_level: str = "INFO"
+    grpc_target: str = setting("localhost:50051", "host:port of the clip_grpc server")
+    host: str = setting("0.0.0.0", "address to listen on")
+    port: int = setting(8081, "HTTP port (0 picks a free one)", minimum=0, maximum=65535)
+    grpc_timeout_s: float = setting(30.0, "deadline of each gRPC call, seconds", minimum=0.001)
+    # A cap on the channel's reconnect backoff, so the bridge notices a restarted server quickly.
+    grpc_max_reconnect_backoff_ms: int = setting(
+        2000, "longest wait between reconnect attempts, ms", minimum=100)
+    grpc_tls: bool = setting(False, "use TLS towards the server (system roots)")
+    grpc_root_cert: str | None = setting(
+        None, "PEM file of the roots that sign the server's certificate (implies TLS)")
+    grpc_tls_server_name: str | None = setting(
+        None, "name expected in the server's certificate, when it differs from the target's")
+    max_body_bytes: int = setting(50 * MIB, "largest accepted request body (413 above)",
+                                  minimum=1)
+    max_form_fields: int = setting(256, "most fields in one multipart form", minimum=1)
+    retry_after_s: int = setting(1, "Retry-After seconds on 429 and 503 answers", minimum=0)
+    log_level: str = setting("INFO", "least severe level logged", choices=LOG_LEVELS,
+                             parse=str.upper)
+    log_format: str = setting("json", "json: one object per line; text: for humans",
+                              choices=LOG_FORMATS)
 
     def __post_init__(self) -> None:
         if not self.grpc_target:
             raise ValueError("grpc_target must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if self.grpc_timeout_s <= 0:
-            raise ValueError(f"grpc_timeout_s must be positive, got {self.grpc_timeout_s}")
-        if self.grpc_max_reconnect_backoff_ms < 100:
-            raise ValueError("grpc_max_reconnect_backoff_ms must be at least 100")
-        if self.max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
-        if self.max_form_fields < 1:
-            raise ValueError(f"max_form_fields must be positive, got {self.max_form_fields}")
-        if self.retry_after_s < 0:
-            raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+        check_settings(self)
 
     @property
     def use_tls(self) -> bool:
         return self.grpc_tls or self.grpc_root_cert is not None
 
 
-def _env_flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
-
-
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    defaults = BridgeConfig()
-    parser = argparse.ArgumentParser(
-        prog="rest-bridge",
-        description="HTTP/JSON bridge to a clip_grpc server. Every flag can also be set "
-        f"with an environment variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}GRPC_TARGET).",
-    )
-
-    def option(flag: str, type_, help_: str, **kwargs) -> None:
-        name = flag.removeprefix("--").replace("-", "_")
-        env_name = ENV_PREFIX + name.upper()
-        default = environ.get(env_name, getattr(defaults, name))
-        parser.add_argument(
-            flag, type=type_, default=default, help=f"{help_} [env {env_name}; %(default)s]",
-            **kwargs,
-        )
-
-    option("--grpc-target", str, "host:port of the clip_grpc server")
-    option("--host", str, "address to listen on")
-    option("--port", int, "HTTP port")
-    option("--grpc-timeout-s", float, "deadline of each gRPC call, seconds")
-    option("--grpc-max-reconnect-backoff-ms", int, "longest wait between reconnect attempts")
-    option(
-        "--grpc-tls", _env_flag, "use TLS towards the server", nargs="?", const=True,
-        metavar="BOOL",
-    )
-    option("--grpc-root-cert", str, "PEM root certificates for the server (implies TLS)")
-    option("--grpc-tls-server-name", str, "name to check in the server's certificate")
-    option("--max-body-bytes", int, "largest accepted request body (413 above)")
-    option("--max-form-fields", int, "most fields in one multipart form")
-    option("--retry-after-s", int, "Retry-After seconds on 429/503")
-    option("--log-level", str, "DEBUG, INFO, WARNING or ERROR")
-    return parser
-
-
 def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> BridgeConfig:
     """Flags first, then REST_BRIDGE_* environment variables, then the defaults."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    args = parser.parse_args(argv)
-    values = vars(args)
-    for key in ("grpc_root_cert", "grpc_tls_server_name"):
-        values[key] = values[key] or None
-    values["log_level"] = values["log_level"].upper()
-    try:
-        return BridgeConfig(**values)
-    except ValueError as error:
-        parser.error(str(error))
-        raise  # parser.error exits; this keeps type checkers content
+    return parse_settings(
+        BridgeConfig, argv, environ, prog="rest-bridge",
+        description="HTTP/JSON bridge to a clip_grpc server.", env_prefix=ENV_PREFIX,
+    )

@@ -1,8 +1,11 @@
-"""One structured (JSON) log line and one set of metric updates per answered request."""
+"""One structured log line and one set of metric updates per answered request.
+
+The line's fields ride on the record (`extra`), so the shared formatter (clip_grpc.logs) writes
+them as top-level keys of the JSON object, as the server's access log does.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 
 from rest_bridge.metrics import BridgeMetrics
@@ -34,4 +37,4 @@ def record_request(metrics: BridgeMetrics, handler) -> None:
         line["error_field"] = error.field
         line["error_message"] = error.message
     level = logging.WARNING if status >= 500 else logging.INFO
-    access_log.log(level, json.dumps(line))
+    access_log.log(level, "request", extra=line)

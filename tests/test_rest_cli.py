@@ -52,7 +52,9 @@ async def test_the_cli_serves_logs_json_and_stops_on_sigterm(clip_server):
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 0
-    access = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in stderr.decode().splitlines()]  # every line is JSON
+    assert {"ts", "level", "logger", "msg"} <= set(lines[0])  # the server's format
+    access = [line for line in lines if line["logger"] == "rest_bridge.access"]
     assert any(
         line["request_id"] == "123" and line["route"] == "/syte_test/clip"
         and line["status"] == 200 and (line["images"], line["texts"]) == (1, 1)

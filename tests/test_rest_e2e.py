@@ -385,8 +385,7 @@ async def test_health_metrics_and_one_log_line_per_request(clip_server, caplog):
     assert samples["rest_bridge_request_duration_seconds_count", (clip,)] == 3
     assert samples["rest_bridge_requests_in_flight", (clip,)] == 0
 
-    lines = [json.loads(r.getMessage()) for r in caplog.records
-             if r.name == "rest_bridge.access"]
+    lines = [vars(r) for r in caplog.records if r.name == "rest_bridge.access"]
     clip_lines = [line for line in lines if line["route"] == "/syte_test/clip"]
     assert len(clip_lines) == 3
     ok, bad = clip_lines[0], clip_lines[2]
