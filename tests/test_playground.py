@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright
+from playwright.async_api import async_playwright, expect
 
 from clip_grpc.config import DEMO_MODEL_DIR
 from clip_grpc.model.loading import load_model
@@ -78,16 +79,14 @@ async def test_playground_ranks_each_image_s_caption_first_with_the_api_s_scores
 
     page.on("response", keep_rank_answer)
     await page.goto(demo_bridge.url("/"))
-    await page.wait_for_function(
-        "document.getElementById('model').textContent.startsWith('Model ')"
-    )
+    # Locator waits, not wait_for_function: the page's CSP forbids the eval that one needs.
+    await expect(page.locator("#model")).to_have_text(re.compile("^Model "), timeout=60_000)
     assert "64-d" in await page.text_content("#model")  # the demo model's dimension
 
     await page.set_input_files("#images", [str(EXAMPLES / name) for name in MATCHING])
     await page.fill("#captions", f"{WRONG}\n{RED_CIRCLE}\n{YELLOW_STAR}")
     await page.click("#compare")
-    await page.wait_for_selector(".card .candidate")
-    await page.wait_for_function("document.querySelectorAll('.card').length === 2")
+    await expect(page.locator(".card .candidate")).to_have_count(6, timeout=60_000)
 
     assert await page.is_hidden("#error")
     captions = [WRONG, RED_CIRCLE, YELLOW_STAR]
@@ -125,9 +124,8 @@ async def test_a_file_that_is_no_image_shows_a_clear_error_and_the_others_still_
     await page.set_input_files("#images", [str(broken), str(EXAMPLES / "red_circle.png")])
     await page.fill("#captions", f"{RED_CIRCLE}\n{WRONG}")
     await page.click("#compare")
-    await page.wait_for_selector("#error:not([hidden])")
-    message = await page.text_content("#error")
-    assert "1 of 2 images failed" in message and "400" in message, message
+    await expect(page.locator("#error")).to_contain_text("1 of 2 images failed", timeout=60_000)
+    assert "400" in await page.text_content("#error")
     failed = page.locator('.card.failed[data-image="broken.png"] .error')
     assert "INVALID_ARGUMENT" in await failed.text_content()
     good = page.locator('.card[data-image="red_circle.png"] .candidate')
@@ -137,8 +135,7 @@ async def test_a_file_that_is_no_image_shows_a_clear_error_and_the_others_still_
 async def test_the_server_down_is_said_on_the_page(page, unused_tcp_port):
     async with running_bridge(f"127.0.0.1:{unused_tcp_port}") as bridge:
         await page.goto(bridge.url("/"))
-        await page.wait_for_selector("#error:not([hidden])")
-        assert "503" in await page.text_content("#error")
+        await expect(page.locator("#error")).to_contain_text("503", timeout=60_000)
         assert "not answering" in await page.text_content("#model")
 
 

@@ -49,21 +49,29 @@ async function api(path, body) {
   return payload;
 }
 
-function showError(message) {
+function showError(message, source = "") {
   const box = $("error");
   box.textContent = message;
+  box.dataset.source = source;
   box.hidden = !message;
 }
 
+const INFO_RETRY_MS = 3000;
+let infoRetry = null;
+
+// The model line; while the server is down or still loading, it keeps asking.
 async function loadInfo() {
+  clearTimeout(infoRetry);
   try {
     const info = await api("/v1/info");
     $("model").textContent = `Model ${info.modelName} (${info.modelFamily}, ` +
       `${info.embeddingDim}-d, ${info.device} ${info.dtype})`;
     $("model").dataset.dim = info.embeddingDim;
+    if ($("error").dataset.source === "info") showError("");
   } catch (error) {
-    $("model").textContent = "The model server is not answering.";
-    showError(error.message);
+    $("model").textContent = "The model server is not answering; trying again...";
+    showError(error.message, "info");
+    infoRetry = setTimeout(loadInfo, INFO_RETRY_MS);
   }
 }
 
