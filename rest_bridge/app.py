@@ -14,6 +14,7 @@ from rest_bridge.handlers.clip_form import ClipFormHandler
 from rest_bridge.handlers.embed import EmbedHandler
 from rest_bridge.handlers.health import HealthzHandler, ReadyzHandler
 from rest_bridge.handlers.info import InfoHandler
+from rest_bridge.handlers.jina_http import DefaultHandler, PostHandler
 from rest_bridge.handlers.metrics import MetricsHandler
 from rest_bridge.handlers.openai_embeddings import EmbeddingsHandler, ModelHandler, ModelsHandler
 from rest_bridge.handlers.openapi import OpenApiHandler
@@ -37,6 +38,8 @@ HANDLERS = (
     ModelHandler,
     EncodeRouteHandler,
     RankRouteHandler,
+    PostHandler,
+    DefaultHandler,
 )
 
 

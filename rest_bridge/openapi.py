@@ -152,6 +152,27 @@ def _openai_paths() -> dict:
     }
 
 
+def _peer_paths() -> dict:
+    """clip-as-service's client posts to the POST paths listed here (/encode, /rank, /default);
+    /encode and /rank also take CLIP-API-service's bodies."""
+    jina = ("a jina DataRequest {header, parameters, data} (clip-as-service's "
+            "clip_client.Client('http://...'))")
+    body = {"required": True, "content": {"application/json": {"schema": {}}}}
+    answer = {"200": _json_answer({}), **_errors(400, 413, 429, 500, 503, 504)}
+    return {
+        "/encode": {"post": {"summary": "CLIP-API-service: a list of {text | img_blob | "
+                             f"img_uri (data: only)}} -> a list of raw vectors; or {jina}",
+                             "requestBody": body, "responses": answer}},
+        "/rank": {"post": {"summary": "CLIP-API-service: {queries, candidates} -> "
+                           f"{{probabilities, cosine_similarities}}; or {jina}",
+                           "requestBody": body, "responses": answer}},
+        "/post": {"post": {"summary": f"clip-as-service: {jina}, endpoint in exec_endpoint",
+                           "requestBody": body, "responses": answer}},
+        "/default": {"post": {"summary": f"clip-as-service's default endpoint (encode): {jina}",
+                              "requestBody": body, "responses": answer}},
+    }
+
+
 @functools.cache
 def openapi_document() -> dict:
     schemas: dict = {"Error": _error_schema(), "ClipFormResponse": _clip_form_response_schema()}
@@ -209,6 +230,7 @@ def openapi_document() -> dict:
         }},
     }
     paths.update(_openai_paths())
+    paths.update(_peer_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "clip-grpc REST bridge", "version": "1"},

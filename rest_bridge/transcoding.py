@@ -71,3 +71,12 @@ def inline_data_uris(value, descriptor: Descriptor, path: str = "") -> None:
 def to_json_dict(message: Message) -> dict:
     """The proto3 JSON mapping, with zero values printed (a rank at index 0 still says so)."""
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def parse_any_json(body: bytes):
+    """The body as JSON whatever its Content-Type, as the peers' servers read it (BentoML does
+    not check it; jina's clients always send JSON)."""
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise invalid_argument(f"the body is not valid JSON: {error}") from None

@@ -4,32 +4,27 @@ or `header`; CLIP-API-service sends a list (/encode) or `{queries, candidates}` 
 
 from __future__ import annotations
 
-import orjson
-
+from clip_grpc.jina_docs import ENCODE, RANK
 from rest_bridge.handlers import clip_api_service
 from rest_bridge.handlers.base import BodyHandler
+from rest_bridge.handlers.jina_http import JinaHandlerMixin
 from rest_bridge.status_map import invalid_argument
-
-
-def parse_any_json(body: bytes):
-    """The body as JSON, whatever the Content-Type (BentoML does not check it either)."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise invalid_argument(f"the body is not valid JSON: {error}") from None
+from rest_bridge.transcoding import parse_any_json
 
 
 def is_jina_request(payload) -> bool:
     return isinstance(payload, dict) and ("data" in payload or "header" in payload)
 
 
-class EncodeRouteHandler(BodyHandler):
+class EncodeRouteHandler(JinaHandlerMixin, BodyHandler):
     route = "/encode"
 
     async def handle(self, body: bytes) -> None:
         payload = parse_any_json(body)
         if isinstance(payload, list):
             await clip_api_service.encode(self, payload)
+        elif is_jina_request(payload):
+            await self.answer_jina(payload, ENCODE)
         else:
             raise invalid_argument(
                 "POST /encode takes a JSON list of {text | img_blob | img_uri} items "
@@ -37,12 +32,14 @@ class EncodeRouteHandler(BodyHandler):
                 "(clip-as-service)")
 
 
-class RankRouteHandler(BodyHandler):
+class RankRouteHandler(JinaHandlerMixin, BodyHandler):
     route = "/rank"
 
     async def handle(self, body: bytes) -> None:
         payload = parse_any_json(body)
-        if isinstance(payload, dict) and not is_jina_request(payload):
+        if is_jina_request(payload):
+            await self.answer_jina(payload, RANK)
+        elif isinstance(payload, dict):
             await clip_api_service.rank(self, payload)
         else:
             raise invalid_argument(
