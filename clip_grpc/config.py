@@ -46,6 +46,9 @@ class ServerConfig:
     max_image_aspect_ratio: float = setting(
         50.0, "thinnest image accepted: longest side / shortest side (thinner ones would resize "
         "huge and crop to almost nothing)", minimum=1)
+    max_text_chars: int = setting(
+        4096, "longest text in characters; longer ones are refused (cut, with truncate) before "
+        "the tokenizer sees them", minimum=1)
     max_message_bytes: int = setting(
         64 * MIB, "largest gRPC message sent or received", minimum=1)
     grace_seconds: float = setting(30.0, "how long SIGTERM waits for in-flight work", minimum=0)

@@ -52,7 +52,9 @@ class Engine:
         self.loaded = loaded
         self.config = config
         self.encoder = Encoder(loaded)
-        self.tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
+        self.tokenize = TextTokenizer(
+            loaded.tokenizer, loaded.context_length, config.max_text_chars
+        )
         workers = config.preprocess_workers or os.cpu_count() or 1
         self._preprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -89,6 +91,12 @@ class Engine:
         """Reserve room for count items in flight, or fail at once with Overloaded."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
+        if count > self.config.max_queue_size:  # could never fit: retrying cannot help
+            raise InvalidInput(
+                f"the request has {count} items; the server takes at most "
+                f"{self.config.max_queue_size} at once (--max-queue-size): split it",
+                "items",
+            )
         if self.in_flight + count > self.config.max_queue_size:
             raise Overloaded(
                 f"server busy: {self.in_flight} items in flight, limit "

@@ -198,15 +198,18 @@ async def test_a_full_queue_answers_resource_exhausted_at_once(tiny_clip_dir, ti
     async with running_server(config, loaded=tiny_clip) as server, \
             grpc.aio.insecure_channel(server.target) as channel:
         stub = clip_pb2_grpc.ClipServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Embed(pb.EmbedRequest(items=[pb.Item(text="a")] * 9))
+        with server.engine.admit(8), pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Embed(pb.EmbedRequest(items=[pb.Item(text="a")]))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         async def requests():
-            yield pb.EmbedStreamRequest(items=[pb.Item(id="x", text="a")] * 9)
+            yield pb.EmbedStreamRequest(items=[pb.Item(id="x", text="a")] * 2)
             yield pb.EmbedStreamRequest(items=[pb.Item(id="y", text="a")])
 
-        refused, accepted = [r async for r in stub.EmbedStream(requests())]
+        with server.engine.admit(7):
+            stream = stub.EmbedStream(requests())
+            refused = await stream.read()
+        accepted = await stream.read()
         exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
         assert {r.error.code for r in refused.results} == {exhausted}
         assert accepted.results[0].embedding.dim == 16
