@@ -48,7 +48,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     REST_BRIDGE_PORT=8081
 USER 10001:10001
 WORKDIR /home/clip
-EXPOSE 50051 8081
+EXPOSE 50051 8081 9090
 # Loading and warming up a large model (ViT-L/14 on CPU) takes a while: a generous start period.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/app/healthcheck.py"]

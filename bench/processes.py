@@ -96,7 +96,7 @@ async def start_server(model: Path, server_flags: list[str], env: dict[str, str]
     port = free_port()
     child = Child("server", ["-m", "clip_grpc", "--model", str(model), "--host", "127.0.0.1",
                              "--port", str(port), "--device", "cpu", "--log-format", "text",
-                             "--log-level", "WARNING", *server_flags], env)
+                             "--log-level", "WARNING", "--metrics-port", "0", *server_flags], env)
     target = f"127.0.0.1:{port}"
     try:
         await child.wait_until(lambda: grpc_serving(target), timeout_s=600)

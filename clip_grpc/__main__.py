@@ -8,7 +8,7 @@ import os
 import sys
 
 from .config import parse_args
-from .errors import ModelLoadError
+from .errors import ModelLoadError, StartupError
 from .logs import setup_logging
 
 
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(config))
     except ModelLoadError as error:
         logging.getLogger("clip_grpc").error("model did not load: %s", error)
+        return 2
+    except StartupError as error:
+        logging.getLogger("clip_grpc").error("cannot start: %s", error)
         return 2
     return 0
 

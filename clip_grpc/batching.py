@@ -4,6 +4,10 @@ A Batcher collects items from one queue into batches of at most max_batch_size, 
 max_wait for a batch to fill, and runs each batch in the model's executor. While a batch runs,
 the next one gathers, so under load batches fill without any waiting. Items whose caller went
 away (their future was cancelled) are dropped before they reach the model.
+
+Timing is taken per batch, in the model thread: when the batch started and finished. Each item
+learns its queue wait and its batch's forward seconds from `submit_timed`; `on_batch`, when set,
+hears (size, forward seconds) of each batch that ran.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,10 +24,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
+class _BatchTiming:
+    started: float  # time.perf_counter() in the model thread
+    finished: float
+
+
+@dataclass(slots=True)
 class _Pending:
     payload: Any
     future: asyncio.Future
+    enqueued: float  # time.perf_counter()
+    batch: _BatchTiming | None = None
 
 
 class Batcher:
@@ -42,6 +55,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)  # recent sizes
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -57,9 +71,15 @@ class Batcher:
 
     async def submit(self, payload: Any) -> Any:
         """Queue one item and wait for its output. Cancelling the caller drops the item."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(payload, future))
-        return await future
+        return (await self.submit_timed(payload))[0]
+
+    async def submit_timed(self, payload: Any) -> tuple[Any, float, float]:
+        """(output, seconds queued until its batch started, seconds of its batch's forward)."""
+        pending = _Pending(payload, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._queue.put_nowait(pending)
+        output = await pending.future
+        batch = pending.batch
+        return output, batch.started - pending.enqueued, batch.finished - batch.started
 
     def queued(self) -> int:
         return self._queue.qsize()
@@ -97,8 +117,8 @@ class Batcher:
                 continue
             self.batch_sizes.append(len(batch))
             try:
-                outputs = await loop.run_in_executor(
-                    self._executor, self._run_batch, [p.payload for p in batch]
+                outputs, timing = await loop.run_in_executor(
+                    self._executor, self._run_timed, [p.payload for p in batch]
                 )
             except Exception as error:  # one bad batch must not stop the batcher
                 log.exception("batch failed", extra={"batcher": self.name, "size": len(batch)})
@@ -108,4 +128,13 @@ class Batcher:
                 continue
             for pending, output in zip(batch, outputs, strict=True):
                 if not pending.future.done():
+                    pending.batch = timing
                     pending.future.set_result(output)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), timing.finished - timing.started)
+
+    def _run_timed(self, payloads: list[Any]) -> tuple[Sequence[Any], _BatchTiming]:
+        """In the model thread: the batch's outputs, and when it started and finished."""
+        started = time.perf_counter()
+        outputs = self._run_batch(payloads)
+        return outputs, _BatchTiming(started, time.perf_counter())

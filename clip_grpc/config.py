@@ -52,6 +52,9 @@ class ServerConfig:
     max_message_bytes: int = setting(
         64 * MIB, "largest gRPC message sent or received", minimum=1)
     grace_seconds: float = setting(30.0, "how long SIGTERM waits for in-flight work", minimum=0)
+    metrics_port: int = setting(
+        9090, "port for Prometheus GET /metrics, on --host (0: no metrics endpoint)",
+        minimum=0, maximum=65535)
     log_level: str = setting("INFO", "least severe level logged", choices=LOG_LEVELS,
                              parse=str.upper)
     log_format: str = setting("json", "json: one object per line; text: for humans",

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import stages
 from .batching import Batcher
 from .config import ServerConfig
-from .errors import ClipError, InvalidInput, Overloaded, ShuttingDown
+from .errors import ClipError, InvalidInput, Overloaded, ShuttingDown, grpc_code
+from .metrics import ServerMetrics
 from .model.encoder import Encoder
 from .model.images import decode_image
 from .model.loading import LoadedModel
@@ -48,9 +52,12 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, config: ServerConfig):
+    def __init__(
+        self, loaded: LoadedModel, config: ServerConfig, metrics: ServerMetrics | None = None
+    ):
         self.loaded = loaded
         self.config = config
+        self.metrics = metrics or ServerMetrics(config.max_batch_size)
         self.encoder = Encoder(loaded)
         self.tokenize = TextTokenizer(
             loaded.tokenizer, loaded.context_length, config.max_text_chars
@@ -65,7 +72,9 @@ class Engine:
         self.text_batcher = Batcher(
             "text", self.encoder.embed_texts, self._model_thread, config.max_batch_size, wait_s
         )
+        self.batchers = {"image": self.image_batcher, "text": self.text_batcher}
         self.in_flight = 0
+        self.items_in_flight = {"image": 0, "text": 0}  # per modality, for the metrics
         self.accepting = False
 
     async def start(self) -> None:
@@ -77,6 +86,8 @@ class Engine:
         warm_image = np.zeros((3, height, width), dtype=np.float32)
         await self.image_batcher.submit(warm_image)
         await self.text_batcher.submit(self.tokenize("warm up"))
+        for modality, batcher in self.batchers.items():  # warm-up batches are not counted
+            batcher.on_batch = functools.partial(self.metrics.batch_done, modality)
         self.accepting = True
 
     async def close(self) -> None:
@@ -90,6 +101,7 @@ class Engine:
     def admit(self, count: int):
         """Reserve room for count items in flight, or fail at once with Overloaded."""
         if not self.accepting:
+            self.metrics.item_failed(ShuttingDown.code.name, count)
             raise ShuttingDown("the server is shutting down")
         if count > self.config.max_queue_size:  # could never fit: retrying cannot help
             raise InvalidInput(
@@ -98,6 +110,7 @@ class Engine:
                 "items",
             )
         if self.in_flight + count > self.config.max_queue_size:
+            self.metrics.item_failed(Overloaded.code.name, count)
             raise Overloaded(
                 f"server busy: {self.in_flight} items in flight, limit "
                 f"{self.config.max_queue_size}; retry later"
@@ -121,16 +134,23 @@ class Engine:
         """The raw feature vector of one item. Raises ClipError for bad input."""
         loop = asyncio.get_running_loop()
         if item.image is not None:
-            pixels = await loop.run_in_executor(
-                self._preprocess_pool, self._prepare_image, item.image
-            )
-            return await self.image_batcher.submit(pixels)
-        if item.text is not None:
-            token_ids = await loop.run_in_executor(
-                self._preprocess_pool, self.tokenize, item.text, truncate
-            )
-            return await self.text_batcher.submit(token_ids)
-        raise InvalidInput("item has neither text nor image", "content")
+            modality, prepare, args = "image", self._prepare_image, (item.image,)
+        elif item.text is not None:
+            modality, prepare, args = "text", self.tokenize, (item.text, truncate)
+        else:
+            raise InvalidInput("item has neither text nor image", "content")
+        started = time.perf_counter()
+        self.items_in_flight[modality] += 1
+        try:
+            prepared = await loop.run_in_executor(self._preprocess_pool, prepare, *args)
+            preprocess_s = time.perf_counter() - started
+            output, queue_s, forward_s = await self.batchers[modality].submit_timed(prepared)
+        finally:
+            self.items_in_flight[modality] -= 1
+        self.metrics.item_done(modality, preprocess_s, queue_s)
+        if (call_times := stages.current.get()) is not None:
+            call_times.item(preprocess_s, queue_s, forward_s)
+        return output
 
     async def embed(
         self, items: list[Input], raw: bool = False, truncate: bool = False
@@ -143,11 +163,13 @@ class Engine:
         results: list[np.ndarray | ClipError] = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, ClipError):
+                self.metrics.item_failed(grpc_code(outcome).name)
                 results.append(outcome)
             elif isinstance(outcome, BaseException):
                 if isinstance(outcome, asyncio.CancelledError):
                     raise outcome
                 log.error("embedding failed", exc_info=outcome, extra={"item_id": item.id})
+                self.metrics.item_failed(ClipError.code.name)
                 results.append(ClipError("internal error while embedding this item"))
             else:
                 results.append(outcome if raw else l2_normalize(outcome))

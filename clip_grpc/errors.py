@@ -32,6 +32,10 @@ class ModelLoadError(Exception):
     """The model folder is missing something or does not hold a supported model."""
 
 
+class StartupError(Exception):
+    """The server cannot start as configured; the message names the flag at fault."""
+
+
 def grpc_code(error: BaseException) -> grpc.StatusCode:
     return error.code if isinstance(error, ClipError) else grpc.StatusCode.INTERNAL
 

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from .access_log import AccessLogInterceptor
 from .config import ServerConfig
 from .engine import Engine
+from .metrics import MetricsEndpoint, ServerMetrics
 from .model.loading import LoadedModel, load_model
 from .servicer import ClipServicer
 from .v1 import clip_pb2, clip_pb2_grpc
@@ -33,6 +34,8 @@ class RunningServer:
     port: int
     health: HealthServicer
     servicer: ClipServicer
+    metrics: ServerMetrics
+    metrics_endpoint: MetricsEndpoint | None = None
     engine: Engine | None = None
 
     @property
@@ -50,9 +53,10 @@ class RunningServer:
             loaded = await asyncio.to_thread(
                 load_model, self.config.model_path, self.config.device, self.config.dtype
             )
-        engine = Engine(loaded, self.config)
+        engine = Engine(loaded, self.config, self.metrics)
         await engine.start()
         self.engine = self.servicer.engine = engine
+        self.metrics.serving(engine, loaded)
         await self.set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
@@ -76,13 +80,19 @@ class RunningServer:
         await self.server.stop(grace)
         if self.engine:
             await self.engine.close()
+        if self.metrics_endpoint:
+            await asyncio.to_thread(self.metrics_endpoint.close)
         log.info("stopped")
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
     """Bind and start the server, NOT_SERVING until load() finishes."""
+    metrics = ServerMetrics(config.max_batch_size)
+    endpoint = None
+    if config.metrics_port:  # first: a taken port fails before anything else started
+        endpoint = MetricsEndpoint(metrics, config.host, config.metrics_port)
     server = grpc.aio.server(
-        interceptors=[AccessLogInterceptor()],
+        interceptors=[AccessLogInterceptor(metrics)],
         options=[
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -100,9 +110,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
+        if endpoint:
+            endpoint.close()
         raise OSError(f"could not bind {config.host}:{config.port}")
     await server.start()
-    running = RunningServer(config, server, port, health, servicer)
+    running = RunningServer(config, server, port, health, servicer, metrics, endpoint)
     await running.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("listening", extra={"address": f"{config.host}:{port}"})
     return running

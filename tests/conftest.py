@@ -8,6 +8,9 @@ import os
 # sleep, not spin, or they starve the event loop and preprocessing threads of the 2 cores.
 # libgomp reads this once, when torch loads, so it is set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Servers the tests start (in process or as `python -m clip_grpc` children) leave the metrics
+# port off unless a test asks for it: many run at once, and 9090 may be taken on this machine.
+os.environ.setdefault("CLIP_GRPC_METRICS_PORT", "0")
 
 import io  # noqa: E402
 import subprocess  # noqa: E402
@@ -39,7 +42,7 @@ def tiny_clip(tiny_clip_dir):
 
 def server_config(model_dir, **overrides) -> ServerConfig:
     settings = dict(model=str(model_dir), host="127.0.0.1", port=0, device="cpu", dtype="fp32",
-                    preprocess_workers=2, grace_seconds=1.0)
+                    preprocess_workers=2, grace_seconds=1.0, metrics_port=0)
     settings.update(overrides)
     return ServerConfig(**settings)
 

@@ -48,6 +48,7 @@ def image_env(model_dir: Path, **extra: str) -> dict[str, str]:
         "MODEL_DIR": str(model_dir),
         "CLIP_GRPC_PORT": str(free_port()),
         "REST_BRIDGE_PORT": str(free_port()),
+        "CLIP_GRPC_METRICS_PORT": str(free_port()),  # not 9090: other servers may hold it
         **extra,
     }
 

@@ -48,7 +48,7 @@ def test_serves_then_exits_cleanly_on_sigterm(tiny_clip_dir):
     process = subprocess.Popen(
         [sys.executable, "-m", "clip_grpc", "--host", "127.0.0.1"],
         env={"CLIP_GRPC_MODEL": str(tiny_clip_dir), "CLIP_GRPC_PORT": str(port),
-             "PATH": "/usr/bin:/bin"},
+             "CLIP_GRPC_METRICS_PORT": "0", "PATH": "/usr/bin:/bin"},
         stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -130,8 +130,9 @@ class Client:
 
     def profile(self, repeats: int = 5, *, file=None) -> dict[str, float]:
         """Time round trips (median of `repeats`, in ms): Info (no model work, so the transport
-        and gRPC overhead), one text and one image embedded, with the server's own time for each
-        (its `server-timing` trailer). Prints a table to `file` (stderr by default)."""
+        and gRPC overhead), one text and one image embedded, with the server's own time for each,
+        in total and per stage: decode/tokenise, queue wait, forward pass, serialise (its
+        `server-timing` trailer). Prints a table to `file` (stderr by default)."""
         return self._run(self.aprofile(repeats, file=file))
 
     def close(self) -> None:
