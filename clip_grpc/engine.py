@@ -104,6 +104,7 @@ class Engine:
             self.metrics.item_failed(ShuttingDown.code.name, count)
             raise ShuttingDown("the server is shutting down")
         if count > self.config.max_queue_size:  # could never fit: retrying cannot help
+            self.metrics.item_failed(InvalidInput.code.name, count)
             raise InvalidInput(
                 f"the request has {count} items; the server takes at most "
                 f"{self.config.max_queue_size} at once (--max-queue-size): split it",

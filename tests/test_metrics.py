@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clip_grpc.client.profile import server_timing
 from clip_grpc.engine import Engine, Input
-from clip_grpc.errors import Overloaded, StartupError
+from clip_grpc.errors import InvalidInput, Overloaded, StartupError
 from clip_grpc.server import running_server, start_server
 from clip_grpc.v1 import clip_pb2 as pb
 from clip_grpc.v1 import clip_pb2_grpc
@@ -139,13 +139,16 @@ async def wait_until(condition, timeout: float = 60.0) -> None:
 
 
 async def test_refused_items_count_as_item_errors(tiny_clip_dir, tiny_clip):
-    engine = Engine(tiny_clip, server_config(tiny_clip_dir, max_queue_size=2))
+    engine = Engine(tiny_clip, server_config(tiny_clip_dir, max_queue_size=4))
     await engine.start()
-    with pytest.raises(Overloaded):
+    with engine.admit(2), pytest.raises(Overloaded):  # 2 in flight: 3 more do not fit
         await engine.embed([Input(str(i), text="x") for i in range(3)])
+    with pytest.raises(InvalidInput):  # more than could ever fit
+        await engine.embed([Input(str(i), text="x") for i in range(5)])
     await engine.close()
-    assert engine.metrics.registry.get_sample_value(
-        "clip_grpc_item_errors_total", {"code": "RESOURCE_EXHAUSTED"}) == 3
+    errors = engine.metrics.registry.get_sample_value
+    assert errors("clip_grpc_item_errors_total", {"code": "RESOURCE_EXHAUSTED"}) == 3
+    assert errors("clip_grpc_item_errors_total", {"code": "INVALID_ARGUMENT"}) == 5
 
 
 async def test_server_timing_breaks_the_server_time_into_stages(clip_server):
