@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     # preprocessing threads and the event loop; sleeping instead measured 2.7x the images/s and
     # 4x the texts/s on 2 shared cores (BENCHMARKS.md). libgomp reads it once, as torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:  # `clip-grpc convert SRC DEST`: see clip_grpc/model/convert.py
+        from .model.convert import main as convert
+
+        return convert(argv[1:])
     from .server import serve  # imports torch
 
     config = parse_args(argv)

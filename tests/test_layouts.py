@@ -5,6 +5,8 @@ CLIP as transformers 5 saves it; and clear refusals for layouts that need conver
 import io
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -179,3 +181,15 @@ def test_siglip2_naflex_is_refused_with_the_reason(tiny_siglip_dir, tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "siglip2"}))
     with pytest.raises(ModelLoadError, match="NaFlex"):
         load_model(folder, device="cpu")
+
+
+def test_the_server_exits_2_on_an_open_clip_folder_and_names_the_converter(tmp_path):
+    folder = tmp_path / "CLIP-ViT-B-32-DataComp"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    (folder / "open_clip_model.safetensors").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "clip_grpc", "--model", str(folder),
+                           "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(f"clip-grpc convert {folder} DEST" in e["msg"] for e in errors), done.stderr
