@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import socket
+import time
 
+import grpc
 import numpy as np
 
-from clip_grpc.client import Client
+from clip_grpc.client import Client, Refused, RetryPolicy
+from clip_grpc.client.stream import Outage
 from clip_grpc.server import running_server
 from tests.conftest import server_config
 
@@ -62,3 +67,75 @@ async def test_stream_resumes_after_the_server_restarts(tiny_clip_dir, tiny_clip
     np.testing.assert_allclose(np.stack([o.embedding for o in outcomes]), reference, atol=1e-5)
     retries = [r.getMessage() for r in caplog.records if "resending" in r.getMessage()]
     assert retries and "UNAVAILABLE" in retries[0]
+
+
+# How long the server stays down in the restart test. The default Client rides out 60 s and
+# more (see test_the_default_budget_outlasts_a_minute); CLIP_GRPC_TEST_RESTART_PAUSE_S=65 shows it
+# end to end. 6 s is already more than the old count of 5 retries lasted at this backoff.
+RESTART_PAUSE_S = float(os.environ.get("CLIP_GRPC_TEST_RESTART_PAUSE_S", "6"))
+
+
+async def test_calls_ride_out_a_server_that_is_down_for_a_while(tiny_clip_dir, tiny_clip, caplog):
+    config = server_config(tiny_clip_dir, port=free_port())
+    caplog.set_level(logging.WARNING, logger="clip_grpc.client")
+    client = Client(f"127.0.0.1:{config.port}", batch_size=8, backoff=0.2, max_backoff=1.0)
+    texts = [f"sentence number {i}" for i in range(200)]
+    async with running_server(config, loaded=tiny_clip):
+        reference = await client.aencode(texts)
+    down_since = time.monotonic()  # the server is stopped: calls now wait for it
+
+    async def come_back():
+        await asyncio.sleep(RESTART_PAUSE_S)
+        return running_server(config, loaded=tiny_clip)
+
+    try:
+        restarting = asyncio.create_task(come_back())
+        encoding = asyncio.create_task(client.aencode(texts))
+        info = asyncio.create_task(client.ainfo())
+        server = await restarting
+        async with server:
+            embeddings, answer = await encoding, await info
+    finally:
+        await client.aclose()
+    assert time.monotonic() - down_since >= RESTART_PAUSE_S
+    np.testing.assert_allclose(embeddings, reference, atol=1e-5)
+    assert answer.embedding_dim == reference.shape[1]
+    waits = [r.getMessage() for r in caplog.records if "unavailable for" in r.getMessage()]
+    assert any(m.startswith("EmbedStream failed (UNAVAILABLE") for m in waits), waits
+    assert any(m.startswith("Info failed (UNAVAILABLE") for m in waits), waits
+    longest = max(float(re.search(r"unavailable for ([\d.]+) s", m).group(1)) for m in waits)
+    assert longest >= RESTART_PAUSE_S / 2  # the log says how long it has been waiting
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_default_budget_outlasts_a_minute():
+    clock = FakeClock()
+    outage = Outage(RetryPolicy(), clock=clock)
+    unavailable = Refused(grpc.StatusCode.UNAVAILABLE, "down")
+    waited = 0.0
+    while waited < 60:
+        delay = outage.failed(unavailable)
+        assert delay is not None and 0 < delay <= 10.0
+        clock.now += delay
+        waited += delay
+    assert "unavailable for" in outage.describe() and "of a 120 s budget" in outage.describe()
+    while (delay := outage.failed(unavailable)) is not None:
+        clock.now += delay
+    assert 120.0 <= outage.waited_s <= 121.0  # gives up once the budget is spent, not before
+    outage.recovered()
+    assert outage.failed(unavailable) is not None  # an answer starts a new budget
+
+
+def test_a_count_of_retries_still_limits_when_set():
+    outage = Outage(RetryPolicy(retries=2, backoff_s=0.001), clock=FakeClock())
+    unavailable = Refused(grpc.StatusCode.UNAVAILABLE, "down")
+    assert [outage.failed(unavailable) is not None for _ in range(3)] == [True, True, False]
+    other = Outage(RetryPolicy(), clock=FakeClock())
+    assert other.failed(Refused(grpc.StatusCode.INVALID_ARGUMENT, "bad")) is None

@@ -17,7 +17,7 @@ from clip_grpc.client.batches import Batcher
 from clip_grpc.client.connection import Connection
 from clip_grpc.client.items import to_item
 from clip_grpc.client.results import outcomes
-from clip_grpc.client.stream import EmbedStreamer
+from clip_grpc.client.stream import BatchFeed, EmbedStreamer
 from clip_grpc.v1 import clip_pb2
 from tests.conftest import image_bytes
 
@@ -66,7 +66,7 @@ def test_batcher_respects_count_and_bytes(tmp_path):
 
 def test_connection_settings(tmp_path):
     plain = Connection.build("grpc://localhost:1", token="s3cret", metadata={"X-Team": "a"})
-    assert plain.address == "localhost:1" and not plain.tls
+    assert plain.targets.single == "localhost:1" and not plain.tls
     assert plain.metadata == (("x-team", "a"), ("authorization", "Bearer s3cret"))
     pem = tmp_path / "roots.pem"
     pem.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
@@ -134,17 +134,13 @@ FAST_RETRY = RetryPolicy(retries=3, backoff_s=0.001)
 async def _collect(calls, inputs, retry=FAST_RETRY, **limits):
     calls = iter(calls)
     limits = {"batch_size": 4, "max_in_flight": 12} | limits
-    streamer = EmbedStreamer(
-        lambda: next(calls),
-        inputs,
-        Batcher(clip_pb2.EmbedOptions(), limits["batch_size"], 1 << 20),
-        timeout_s=5,
-        retry=retry,
-        **limits,
-    )
-    return [
-        o for batch, results in [pair async for pair in streamer] for o in outcomes(batch, results)
-    ]
+    feed = BatchFeed(inputs, Batcher(clip_pb2.EmbedOptions(), limits["batch_size"], 1 << 20))
+    streamer = EmbedStreamer(lambda: next(calls), feed, timeout_s=5, retry=retry, **limits)
+    try:
+        pairs = [pair async for pair in streamer]
+    finally:
+        feed.close()
+    return [o for batch, results in pairs for o in outcomes(batch, results)]
 
 
 async def test_stream_keeps_order_and_bounds_items_in_flight():

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
+import grpc
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -23,36 +25,47 @@ from clip_grpc.client.batches import Batcher
 from clip_grpc.client.connection import Connection
 from clip_grpc.client.errors import ItemFailedError, ItemFailure
 from clip_grpc.client.items import Image, Text, to_item
+from clip_grpc.client.parallel import in_input_order
 from clip_grpc.client.results import EncodeResult, Match, Outcome, outcomes, stack
-from clip_grpc.client.stream import EmbedStreamer, RetryPolicy
+from clip_grpc.client.stream import BatchFeed, EmbedStreamer, Outage, RetryPolicy
 from clip_grpc.v1 import clip_pb2
 
 Items = Iterable[Any] | AsyncIterator[Any]
+log = logging.getLogger(__name__)
 
 
 class Client:
-    """A connection to one clip-grpc server.
+    """A connection to one clip-grpc server or to several replicas of it.
 
-    `target`: "host:port", "grpc://host:port" or "grpcs://host:port" (TLS).
+    `target`: "host:port", "grpc://host:port" or "grpcs://host:port" (TLS); "dns:///name:port"
+    (every address the name resolves to, re-resolved by gRPC: a Kubernetes headless Service);
+    or several replicas, "host1:50051,host2:50051" or a list of such targets.
+    `load_balancing`: "round_robin" (default: each call, and each stream of a call with
+    `parallel_streams`, goes to the next ready replica) or "pick_first" (one connection).
     `batch_size`: items per EmbedStream message; `max_in_flight`: items sent and not yet
-    answered (back-pressure: memory stays constant however many items you stream).
+    answered per stream (back-pressure: memory stays constant however many items you stream).
     `timeout`: seconds for a unary call, and for each EmbedStream answer.
-    `retries`, `backoff`, `max_backoff`: UNAVAILABLE (and overload refusals in streams) are
-    retried with exponential backoff; a stream resumes at its first unanswered item.
+    `retry_budget`, `backoff`, `max_backoff`, `retries`: UNAVAILABLE (and overload refusals in
+    streams) are retried with exponential backoff until the server has been unavailable for
+    `retry_budget` seconds (default 120: a restart of a minute or two is ridden out), or, when
+    `retries` is set, after that many retries in a row; a stream resumes at its first
+    unanswered item.
     `tls`, `root_certificates` (PEM bytes or path), `token` (sent as "authorization: Bearer"),
     `metadata`: extra headers on every call.
     """
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | Sequence[str] = "127.0.0.1:50051",
         *,
         batch_size: int = 32,
         max_in_flight: int = 256,
         timeout: float | None = 60.0,
-        retries: int = 5,
+        retry_budget: float = 120.0,
+        retries: int | None = None,
         backoff: float = 0.5,
         max_backoff: float = 10.0,
+        load_balancing: str = "round_robin",
         show_progress: bool = False,
         tls: bool | None = None,
         root_certificates: bytes | str | os.PathLike | None = None,
@@ -67,11 +80,13 @@ class Client:
         self.timeout = timeout
         self.show_progress = show_progress
         self.max_request_bytes = max_request_bytes
-        self._retry = RetryPolicy(retries=retries, backoff_s=backoff, max_backoff_s=max_backoff)
+        self._retry = RetryPolicy(
+            retries=retries, backoff_s=backoff, max_backoff_s=max_backoff, budget_s=retry_budget
+        )
         self._connection = Connection.build(
             target, tls=tls, root_certificates=root_certificates, token=token,
             metadata=metadata, retries=retries, backoff_s=backoff, max_backoff_s=max_backoff,
-            channel_options=channel_options,
+            channel_options=channel_options, load_balancing=load_balancing,
         )  # fmt: skip
         self._channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._background: BackgroundLoop | None = None
@@ -88,6 +103,7 @@ class Client:
         truncate: bool = False,
         batch_size: int | None = None,
         show_progress: bool | None = None,
+        parallel_streams: int = 1,
     ) -> np.ndarray | EncodeResult:
         """Embed `items` (texts, image bytes, image paths, PIL images, `Text`, `Image`) into a
         float32 array of shape (n, dim), in input order; `items` may be any lazy iterable.
@@ -96,11 +112,13 @@ class Client:
         `Text(...)`/`Image(...)` to say which). With `errors="raise"` the first item that fails
         raises ItemFailedError naming its index, id, code and message; with `errors="return"`
         you get `EncodeResult(embeddings, errors)` where failed rows are NaN. `raw=True` skips
-        L2 normalisation; `truncate=True` cuts texts longer than the model's context."""
+        L2 normalisation; `truncate=True` cuts texts longer than the model's context.
+        `parallel_streams=N` spreads the items over N EmbedStreams at once (with round_robin
+        over replicas, N replicas work on one call); the order stays the input order."""
         return self._run(
             self.aencode(
                 items, errors=errors, raw=raw, truncate=truncate, batch_size=batch_size,
-                show_progress=show_progress,
+                show_progress=show_progress, parallel_streams=parallel_streams,
             )
         )  # fmt: skip
 
@@ -159,6 +177,7 @@ class Client:
         truncate: bool = False,
         batch_size: int | None = None,
         show_progress: bool | None = None,
+        parallel_streams: int = 1,
     ) -> np.ndarray | EncodeResult:
         """Async `encode`; `items` may also be an async iterable."""
         if errors not in ("raise", "return"):
@@ -166,8 +185,9 @@ class Client:
         vectors: list[np.ndarray | None] = []
         failures: list[ItemFailure] = []
         chunks = self._outcome_chunks(
-            items, raw=raw, truncate=truncate, batch_size=batch_size, show_progress=show_progress
-        )
+            items, raw=raw, truncate=truncate, batch_size=batch_size, show_progress=show_progress,
+            parallel_streams=parallel_streams,
+        )  # fmt: skip
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 for outcome in chunk:
@@ -199,7 +219,7 @@ class Client:
         """Async `rank`."""
         candidates = list(candidates)
         request = await asyncio.to_thread(_rank_request, query, candidates, truncate)
-        response = await self._stub().Rank(request, timeout=self.timeout, metadata=self._metadata)
+        response = await self._unary("Rank", request)
         return [
             Match(c.index, c.id, candidates[c.index], c.cosine, c.probability, c.score)
             for c in response.candidates
@@ -207,8 +227,7 @@ class Client:
 
     async def ainfo(self) -> clip_pb2.InfoResponse:
         """Async `info`."""
-        request = clip_pb2.InfoRequest()
-        return await self._stub().Info(request, timeout=self.timeout, metadata=self._metadata)
+        return await self._unary("Info", clip_pb2.InfoRequest())
 
     async def aprofile(self, repeats: int = 5, *, file=None) -> dict[str, float]:
         """Async `profile`."""
@@ -243,6 +262,24 @@ class Client:
         if opened is not None:
             await opened[0].close()
 
+    async def _unary(self, method: str, request):
+        """A unary call, tried again while the server is unavailable, within the retry budget
+        (gRPC's own retries, in the service config, handle the short blips first)."""
+        outage = Outage(self._retry)
+        while True:
+            call = getattr(self._stub(), method)
+            try:
+                return await call(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                delay = outage.failed(error)
+                if delay is None:
+                    raise
+                log.warning(
+                    "%s failed (%s: %s); trying again in %.2f s (%s)", method, error.code().name,
+                    error.details(), delay, outage.describe(),
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
     def _background_loop(self) -> BackgroundLoop:
         if self._background is None:
             self._background = BackgroundLoop()
@@ -267,31 +304,47 @@ class Client:
         truncate: bool = False,
         batch_size: int | None = None,
         show_progress: bool | None = None,
+        parallel_streams: int = 1,
     ) -> AsyncIterator[list[Outcome]]:
         """Outcomes in input order, one list per EmbedStream message."""
         if isinstance(items, str | bytes | os.PathLike | Text | Image):
             raise TypeError("pass a list of items: encode([item]), not encode(item)")
+        if parallel_streams < 1:
+            raise ValueError("parallel_streams must be at least 1")
         batch_size = batch_size or self.batch_size
         options = clip_pb2.EmbedOptions(raw=raw, truncate=truncate)
         stub = self._stub()
-        streamer = EmbedStreamer(
-            lambda: stub.EmbedStream(metadata=self._metadata),
-            items,
-            Batcher(options, batch_size, self.max_request_bytes),
-            max_in_flight=self.max_in_flight,
-            batch_size=batch_size,
-            timeout_s=self.timeout,
-            retry=self._retry,
+        # Parallel streams may answer out of order: at most this many items wait to be put back.
+        window = parallel_streams * max(self.max_in_flight, batch_size) * 2
+        feed = BatchFeed(
+            items, Batcher(options, batch_size, self.max_request_bytes),
+            window=window if parallel_streams > 1 else None,
+        )  # fmt: skip
+        streamers = [
+            EmbedStreamer(
+                lambda: stub.EmbedStream(metadata=self._metadata),
+                feed,
+                max_in_flight=self.max_in_flight,
+                batch_size=batch_size,
+                timeout_s=self.timeout,
+                retry=self._retry,
+            )
+            for _ in range(parallel_streams)
+        ]
+        answers = (
+            streamers[0].__aiter__() if parallel_streams == 1 else in_input_order(streamers, feed)
         )
         show = self.show_progress if show_progress is None else show_progress
-        with tqdm(
-            total=_length(items), disable=not show, unit="item", desc="embedding"
-        ) as progress:
-            answers = streamer.__aiter__()
-            async with contextlib.aclosing(answers):
-                async for batch, results in answers:
-                    progress.update(batch.size)
-                    yield outcomes(batch, results)
+        try:
+            with tqdm(
+                total=_length(items), disable=not show, unit="item", desc="embedding"
+            ) as progress:
+                async with contextlib.aclosing(answers):
+                    async for batch, results in answers:
+                        progress.update(batch.size)
+                        yield outcomes(batch, results)
+        finally:
+            feed.close()
 
 
 class _Mapped:

@@ -1,4 +1,5 @@
-"""How the client reaches the server: target, TLS, token metadata and channel options."""
+"""How the client reaches the server(s): targets, balancing, TLS, token metadata and channel
+options."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from dataclasses import dataclass
 
 import grpc
 
+from clip_grpc.client.targets import Targets, parse_targets
 from clip_grpc.v1 import clip_pb2_grpc
 
 SERVICE = "clip_grpc.v1.ClipService"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+LOAD_BALANCING = ("round_robin", "pick_first")
 
 
 @dataclass(frozen=True)
 class Connection:
     """Everything needed to open a channel; one channel is opened per event loop."""
 
-    address: str
+    targets: Targets
     tls: bool
     root_certificates: bytes | None
     metadata: tuple[tuple[str, str], ...]
@@ -28,22 +31,27 @@ class Connection:
     @classmethod
     def build(
         cls,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls: bool | None = None,
         root_certificates: bytes | str | os.PathLike | None = None,
         token: str | None = None,
         metadata: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
-        retries: int = 5,
+        retries: int | None = None,
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
         channel_options: Sequence[tuple[str, object]] = (),
+        load_balancing: str = "round_robin",
     ) -> Connection:
-        """`target` is "host:port", "grpc://host:port" or "grpcs://host:port" (TLS). TLS is also
-        on when `tls=True` or `root_certificates` (PEM bytes or a file path) are given; without
-        them the system's roots are used. `token` is sent as "authorization: Bearer <token>"."""
-        address, scheme_tls = _split_scheme(target)
-        use_tls = bool(tls) if tls is not None else scheme_tls or root_certificates is not None
+        """`target`: see `clip_grpc.client.targets.parse_targets` (one target, dns:///, a list).
+        TLS is on for grpcs:// targets, `tls=True` or `root_certificates` (PEM bytes or a file
+        path); without roots the system's are used. `token` is sent as "authorization: Bearer
+        <token>". `load_balancing`: "round_robin" (each call to the next ready replica) or
+        "pick_first" (one connection)."""
+        if load_balancing not in LOAD_BALANCING:
+            raise ValueError(f"load_balancing must be one of {LOAD_BALANCING}")
+        targets = parse_targets(target)
+        use_tls = bool(tls) if tls is not None else targets.tls or root_certificates is not None
         pairs = list(metadata.items() if isinstance(metadata, Mapping) else metadata or ())
         if token:
             pairs.append(("authorization", f"Bearer {token}"))
@@ -54,11 +62,16 @@ class Connection:
             ("grpc.initial_reconnect_backoff_ms", int(backoff_s * 1000)),
             ("grpc.min_reconnect_backoff_ms", int(backoff_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(max_backoff_s * 1000)),
-            ("grpc.service_config", _unary_retry_config(retries, backoff_s, max_backoff_s)),
-            *channel_options,
+            (
+                "grpc.service_config",
+                service_config(load_balancing, retries, backoff_s, max_backoff_s),
+            ),
         ]
+        if targets.authority:  # a list: TLS checks (and :authority names) its first host
+            options.append(("grpc.default_authority", targets.authority))
+        options.extend(channel_options)
         return cls(
-            address=address,
+            targets=targets,
             tls=use_tls,
             root_certificates=_read_certificates(root_certificates),
             metadata=tuple((key.lower(), value) for key, value in pairs),
@@ -67,19 +80,13 @@ class Connection:
 
     def open(self) -> tuple[grpc.aio.Channel, clip_pb2_grpc.ClipServiceStub]:
         """A new grpc.aio channel and stub bound to the running event loop."""
+        address = self.targets.channel_target()
         if self.tls:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
-            channel = grpc.aio.secure_channel(self.address, credentials, options=self.options)
+            channel = grpc.aio.secure_channel(address, credentials, options=self.options)
         else:
-            channel = grpc.aio.insecure_channel(self.address, options=self.options)
+            channel = grpc.aio.insecure_channel(address, options=self.options)
         return channel, clip_pb2_grpc.ClipServiceStub(channel)
-
-
-def _split_scheme(target: str) -> tuple[str, bool]:
-    for scheme, tls in (("grpcs://", True), ("grpc://", False)):
-        if target.startswith(scheme):
-            return target[len(scheme) :], tls
-    return target, False
 
 
 def _read_certificates(source: bytes | str | os.PathLike | None) -> bytes | None:
@@ -89,17 +96,22 @@ def _read_certificates(source: bytes | str | os.PathLike | None) -> bytes | None
         return file.read()
 
 
-def _unary_retry_config(retries: int, backoff_s: float, max_backoff_s: float) -> str:
-    """gRPC's own retries for the unary methods; EmbedStream resumes by itself (see stream.py).
-    gRPC allows at most 5 attempts."""
-    if retries < 1:
-        return json.dumps({})
+def service_config(
+    load_balancing: str, retries: int | None, backoff_s: float, max_backoff_s: float
+) -> str:
+    """The channel's service config: the balancing policy, and gRPC's own retries for the
+    unary methods (at most 5 attempts; EmbedStream resumes by itself, see stream.py, and the
+    client retries unary calls again within its retry budget)."""
+    config: dict = {"loadBalancingConfig": [{load_balancing: {}}]}
+    if retries is not None and retries < 1:
+        return json.dumps(config)
     policy = {
-        "maxAttempts": min(retries + 1, 5),
+        "maxAttempts": 5 if retries is None else min(retries + 1, 5),
         "initialBackoff": f"{backoff_s}s",
         "maxBackoff": f"{max_backoff_s}s",
         "backoffMultiplier": 2,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
     names = [{"service": SERVICE, "method": method} for method in ("Embed", "Rank", "Info")]
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+    config["methodConfig"] = [{"name": names, "retryPolicy": policy}]
+    return json.dumps(config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -30,21 +31,22 @@ _END = object()
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry a failed stream up to `retries` times in a row, waiting `backoff_s`, then twice as
-    long each time up to `max_backoff_s` (with jitter). A response resets the count."""
+    """Retry a failed call, waiting `backoff_s`, then twice as long each time up to
+    `max_backoff_s` (with jitter), until the failures in a row have lasted `budget_s` seconds
+    (the default rides out a server restart of a minute or two) or, when `retries` is set,
+    `retries` retries in a row have failed. A response ends the run of failures."""
 
-    retries: int = 5
+    retries: int | None = None
     backoff_s: float = 0.5
     max_backoff_s: float = 10.0
+    budget_s: float = 120.0
     codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
     # Per-item codes meaning "not now" (overloaded, shutting down): the message is sent again.
     refusal_codes: frozenset[grpc.StatusCode] = frozenset(
         {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
     )
 
-    def allows(self, error: Exception, failures_in_a_row: int) -> bool:
-        if failures_in_a_row > self.retries:
-            return False
+    def retryable(self, error: Exception) -> bool:
         if isinstance(error, Refused):
             return error.code() in self.refusal_codes
         return isinstance(error, grpc.aio.AioRpcError) and error.code() in self.codes
@@ -52,6 +54,50 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+class Outage:
+    """One call's run of failures in a row, judged against a RetryPolicy."""
+
+    def __init__(self, policy: RetryPolicy, clock: Callable[[], float] = time.monotonic):
+        self.policy, self._clock = policy, clock
+        self.failures = 0
+        self._since: float | None = None
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds since the first failure of this run (0 when there is none)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def recovered(self) -> None:
+        self.failures, self._since = 0, None
+
+    def would_retry(self, error: Exception) -> bool:
+        """Whether one more failure with `error` would still be retried."""
+        retries = self.policy.retries
+        return (
+            self.policy.retryable(error)
+            and (retries is None or self.failures < retries)
+            and self.waited_s < self.policy.budget_s
+        )
+
+    def failed(self, error: Exception) -> float | None:
+        """Record a failure: the seconds to wait before retrying, or None to give up."""
+        if self._since is None:
+            self._since = self._clock()
+        if not self.would_retry(error):
+            self.failures += 1
+            return None
+        self.failures += 1
+        return min(self.policy.delay(self.failures), self.policy.budget_s - self.waited_s)
+
+    def describe(self) -> str:
+        """What to log, e.g. "retry 3, unavailable for 12.5 s of a 120 s budget"."""
+        limit = f" (at most {self.policy.retries})" if self.policy.retries is not None else ""
+        return (
+            f"retry {self.failures}{limit}, unavailable for {self.waited_s:.1f} s "
+            f"of a {self.policy.budget_s:g} s budget"
+        )
 
 
 class Refused(Exception):
@@ -80,8 +126,7 @@ class EmbedStreamer:
     def __init__(
         self,
         open_call: Callable[[], grpc.aio.StreamStreamCall],
-        inputs: Iterable[Any] | AsyncIterator[Any],
-        batcher: Batcher,
+        feed: BatchFeed,
         *,
         max_in_flight: int,
         batch_size: int,
@@ -89,62 +134,36 @@ class EmbedStreamer:
         retry: RetryPolicy,
     ):
         self._open_call = open_call
-        self._inputs = inputs
-        self._batcher = batcher
+        self._feed = feed
         self._max_in_flight = max(max_in_flight, 1)
         self._batch_size = batch_size
         self._timeout_s = timeout_s
         self._retry = retry
-        self._ready: asyncio.Queue = asyncio.Queue(maxsize=1)  # batches built ahead of sending
+        self._outage = Outage(retry)
         self._pending: deque[Batch] = deque()  # sent (or sent-nothing) batches not yet yielded
         self._in_flight = 0
         self._source_done = False
         self._changed = asyncio.Event()
-        self._failures_in_a_row = 0
 
     async def __aiter__(self) -> AsyncIterator[tuple[Batch, list[clip_pb2.EmbedResult] | None]]:
-        producer = asyncio.create_task(self._produce())
-        try:
-            while not (self._source_done and not self._pending):
-                call = self._open_call()
-                try:
-                    async for answered in self._exchange(call):
-                        self._failures_in_a_row = 0
-                        yield answered
-                except (grpc.aio.AioRpcError, Refused) as error:
-                    self._failures_in_a_row += 1
-                    if not self._retry.allows(error, self._failures_in_a_row):
-                        raise
-                    delay = self._retry.delay(self._failures_in_a_row)
-                    log.warning(
-                        "EmbedStream failed (%s: %s); resending %d unanswered items in %.2fs "
-                        "(retry %d of %d)",
-                        error.code().name, error.details(), self._in_flight, delay,
-                        self._failures_in_a_row, self._retry.retries,
-                    )  # fmt: skip
-                    await asyncio.sleep(delay)
-                finally:
-                    call.cancel()
-        finally:
-            producer.cancel()
-
-    async def _produce(self) -> None:
-        """Build batches ahead of sending; image files are read in a worker thread."""
-        try:
-            if hasattr(self._inputs, "__aiter__"):
-                async for obj in self._inputs:
-                    for batch in self._batcher.add(obj):
-                        await self._ready.put(batch)
-                for batch in self._batcher.flush():
-                    await self._ready.put(batch)
-            else:
-                inputs = iter(self._inputs)
-                while batches := await asyncio.to_thread(self._batcher.fill, inputs):
-                    for batch in batches:
-                        await self._ready.put(batch)
-            await self._ready.put(_END)
-        except Exception as error:  # handed to the writer, which raises it in the caller
-            await self._ready.put(error)
+        while not (self._source_done and not self._pending):
+            call = self._open_call()
+            try:
+                async for answered in self._exchange(call):
+                    self._outage.recovered()
+                    yield answered
+            except (grpc.aio.AioRpcError, Refused) as error:
+                delay = self._outage.failed(error)
+                if delay is None:
+                    raise
+                log.warning(
+                    "EmbedStream failed (%s: %s); resending %d unanswered items in %.2f s (%s)",
+                    error.code().name, error.details(), self._in_flight, delay,
+                    self._outage.describe(),
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+            finally:
+                call.cancel()
 
     async def _exchange(self, call) -> AsyncIterator[tuple[Batch, Any]]:
         writer = asyncio.create_task(self._write(call))
@@ -173,7 +192,7 @@ class EmbedStreamer:
                         f"{len(batch.request.items)} items (items {batch.start}..)"
                     )
                 refusal = _refusal(response.results, self._retry.refusal_codes)
-                if refusal and self._retry.allows(refusal, self._failures_in_a_row + 1):
+                if refusal and self._outage.would_retry(refusal):
                     raise refusal  # otherwise the items report the refusal as their errors
                 yield self._answer(response.results)
         finally:
@@ -192,7 +211,7 @@ class EmbedStreamer:
                     await call.write(batch.request)
             while not self._source_done:
                 await self._wait(self._has_room)
-                batch = await self._ready.get()
+                batch = await self._feed.get()
                 if batch is _END:
                     self._source_done = True
                     break
@@ -235,6 +254,73 @@ class EmbedStreamer:
         while not condition():
             self._changed.clear()
             await self._changed.wait()
+
+
+class BatchFeed:
+    """Batches built from the inputs ahead of sending (image files are read in a worker thread),
+    taken by one or several EmbedStreamers as each has room. With `window` (items), a batch is
+    handed out only once fewer than `window` items before it wait to be `release`d, which bounds
+    what parallel streams buffer to keep the input order. Close it when done."""
+
+    def __init__(self, inputs: Iterable[Any] | AsyncIterator[Any], batcher: Batcher,
+                 window: int | None = None):  # fmt: skip
+        self._inputs, self._batcher, self._window = inputs, batcher, window
+        self._ready: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self._returned: list[Batch] = []  # taken back from a getter cancelled while waiting
+        self._end: object | None = None  # _END or the input's exception, once reached
+        self._released = 0
+        self._changed = asyncio.Event()
+        self._producer: asyncio.Task | None = None
+
+    async def get(self) -> Batch | object:
+        """The next batch, then `_END` (or the exception the inputs raised) for every caller."""
+        if self._producer is None:
+            self._producer = asyncio.create_task(self._produce())
+        if self._returned:
+            batch = self._returned.pop()
+        elif self._end is not None:
+            return self._end
+        else:
+            batch = await self._ready.get()
+            if batch is _END or isinstance(batch, Exception):
+                self._end = batch
+                self._ready.put_nowait(batch)  # for the other streams waiting on the queue
+                return batch
+        try:
+            while self._window is not None and batch.start - self._released >= self._window:
+                self._changed.clear()
+                await self._changed.wait()
+        except asyncio.CancelledError:
+            self._returned.append(batch)
+            self._returned.sort(key=lambda b: -b.start)  # the earliest is popped first
+            raise
+        return batch
+
+    def release(self, upto: int) -> None:
+        """Every item before index `upto` has been handed to the caller."""
+        self._released = upto
+        self._changed.set()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.cancel()
+
+    async def _produce(self) -> None:
+        try:
+            if hasattr(self._inputs, "__aiter__"):
+                async for obj in self._inputs:
+                    for batch in self._batcher.add(obj):
+                        await self._ready.put(batch)
+                for batch in self._batcher.flush():
+                    await self._ready.put(batch)
+            else:
+                inputs = iter(self._inputs)
+                while batches := await asyncio.to_thread(self._batcher.fill, inputs):
+                    for batch in batches:
+                        await self._ready.put(batch)
+            await self._ready.put(_END)
+        except Exception as error:  # handed to a writer, which raises it in the caller
+            await self._ready.put(error)
 
 
 def _raise_input_error(writer: asyncio.Task) -> None:
