@@ -30,7 +30,7 @@ class Replica:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "clip_grpc", "--host", "127.0.0.1", "--port",
                  str(self.port), "--device", "cpu", "--dtype", "fp32", "--preprocess-workers",
-                 "1", "--grace-seconds", "1"],
+                 "1", "--grace-seconds", "1", "--metrics-port", "0"],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
