@@ -8,6 +8,14 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PROTO_SRC := proto/clip_grpc/v1/clip.proto
 STUBS := clip_grpc/v1/clip_pb2.py clip_grpc/v1/clip_pb2.pyi clip_grpc/v1/clip_pb2_grpc.py
+# clip-as-service's jina/docarray messages (a trimmed, vendored copy) in their own package.
+JINA_PROTO_SRC := $(wildcard proto/third_party/clip_grpc/jina_v1/*.proto)
+JINA_STUBS := $(foreach n,docarray jina,$(foreach s,_pb2.py _pb2.pyi _pb2_grpc.py,clip_grpc/jina_v1/$(n)$(s)))
+PROTOC := $(PY) -m grpc_tools.protoc
+# clip-as-service's real client, for the compatibility tests: its own venv (its pins conflict
+# with ours), keyed by the pins so CI builds it once and a change of pins makes a new one.
+CLIP_CLIENT_PINS := tests/compat/clip-client-requirements.txt
+CLIP_CLIENT_VENV := .cache/clip-client-$(shell sha256sum $(CLIP_CLIENT_PINS) | cut -c1-12)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test-deps proto proto-check lint test screenshot run bench demo-model docker clean
@@ -31,12 +39,14 @@ node_modules/.installed: package.json package-lock.json
 install: $(VENV)/.installed node_modules/.installed ## create .venv (CPU torch) and node tools
 
 proto: $(VENV)/.installed ## regenerate the Python stubs from proto/
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	$(PROTOC) -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	$(PROTOC) -Iproto/third_party --python_out=. --pyi_out=. --grpc_python_out=. $(JINA_PROTO_SRC)
 
 proto-check: $(VENV)/.installed ## fail when the committed stubs differ from proto/
 	@tmp=$$(mktemp -d) && \
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO_SRC) && \
-	for f in $(STUBS); do diff -u $$f $$tmp/$$f || { echo "stale stub: $$f (run make proto)"; exit 1; }; done && \
+	$(PROTOC) -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO_SRC) && \
+	$(PROTOC) -Iproto/third_party --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(JINA_PROTO_SRC) && \
+	for f in $(STUBS) $(JINA_STUBS); do diff -u $$f $$tmp/$$f || { echo "stale stub: $$f (run make proto)"; exit 1; }; done && \
 	rm -rf $$tmp && echo "stubs up to date"
 
 lint: install ## ruff, buf lint, hadolint, shellcheck
@@ -45,12 +55,18 @@ lint: install ## ruff, buf lint, hadolint, shellcheck
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck docker/entrypoint.sh
 
-# Test-only tools that pip cannot bring: Debian's chromium for the playground's browser test.
-test-deps: node_modules/.installed ## tools only the tests need (node packages, chromium)
+# Test-only tools that pip cannot bring: Debian's chromium for the playground's browser test;
+# and clip-as-service's client in its own venv (~2.5 min and 335 MB the first time).
+test-deps: node_modules/.installed $(CLIP_CLIENT_VENV)/.installed ## tools only the tests need (node packages, chromium, clip-client)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+$(CLIP_CLIENT_VENV)/.installed: $(CLIP_CLIENT_PINS)
+	$(PYTHON) -m venv $(CLIP_CLIENT_VENV)
+	$(CLIP_CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check -r $(CLIP_CLIENT_PINS)
+	touch $@
+
 test: install test-deps proto-check lint ## proto-check, lints, then the whole test suite
-	@$(VENV)/bin/pytest -q; status=$$?; \
+	@CLIP_CLIENT_REQUIRED=1 $(VENV)/bin/pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$status
 
@@ -67,4 +83,4 @@ demo-model: install ## retrain the shipped demo model (deterministic, ~15 min on
 	$(PY) -m demo.train
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .cache

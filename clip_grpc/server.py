@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from .access_log import AccessLogInterceptor
 from .config import ServerConfig
 from .engine import Engine
+from .jina_servicer import JinaServicer
+from .jina_v1 import jina_pb2_grpc
 from .metrics import MetricsEndpoint, ServerMetrics
 from .model.loading import LoadedModel, load_model
 from .servicer import ClipServicer
@@ -101,6 +103,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     )
     servicer = ClipServicer(None)
     clip_pb2_grpc.add_ClipServiceServicer_to_server(servicer, server)
+    # clip-as-service's clients, unchanged (grpc://host:port).
+    jina_pb2_grpc.add_JinaRPCServicer_to_server(JinaServicer(servicer), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
