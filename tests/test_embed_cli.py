@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from clip_grpc.client import Client
-from clip_grpc.embed_cli import main
+from clip_grpc.embed_cli import in_shard, main, parse_args
 from clip_grpc.embed_cli.outputs import load_embeddings
-from tests.conftest import image_bytes
+from clip_grpc.server import running_server
+from tests.conftest import image_bytes, server_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,3 +143,53 @@ async def test_ctrl_c_keeps_what_was_embedded(clip_server, tmp_path):
     assert 200 <= len(ids) < 50_000
     assert ids == [str(i) for i in range(1, len(ids) + 1)]  # a prefix, nothing lost or doubled
     assert vectors.shape[0] == len(ids) and np.isfinite(vectors).all()
+
+
+async def test_shards_side_by_side_write_the_whole_dataset_once(
+    clip_server, tiny_clip_dir, tiny_clip, tmp_path
+):
+    lines = [f"caption number {i}" for i in range(300)]
+    source, out = tmp_path / "captions.txt", tmp_path / "out"
+    source.write_text("\n".join(lines) + "\n")
+
+    async def shard(index: int, *servers: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clip_grpc.embed_cli", str(source), "-o", str(out),
+            *[arg for target in servers for arg in ("--server", target)],
+            "--shard", f"{index}/3", "--parallel-streams", "2", "--chunk-size", "40",
+            "--batch-size", "8", "--no-progress", "--format", "parquet",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await process.communicate()
+        return process.returncode, output.decode()
+
+    async with running_server(server_config(tiny_clip_dir), loaded=tiny_clip) as second:
+        targets = (clip_server.target, second.target)
+        done = await asyncio.gather(*(shard(i, *targets) for i in range(3)))
+        assert [status for status, _ in done] == [0, 0, 0], done
+        again = await shard(1, f"{clip_server.target},{second.target}")
+        async with Client(second.target) as client:
+            reference = await client.aencode_texts(lines)
+
+    ids, vectors = load_embeddings(out)
+    assert sorted(ids, key=int) == [str(n) for n in range(1, 301)]  # each line once
+    for index in range(3):
+        parts = sorted(out.glob(f"part-s{index}of3-*.parquet"))
+        assert parts, list(out.iterdir())
+        for part in parts:
+            assert all(in_shard(i, (index, 3)) for i in pq.read_table(part)["id"].to_pylist())
+    order = [int(i) - 1 for i in ids]
+    np.testing.assert_allclose(vectors, reference[order], atol=1e-5)
+    shard_one = sum(in_shard(str(n), (1, 3)) for n in range(1, 301))
+    assert again[0] == 0 and f"0 items (shard 1/3), 0 errors, {shard_one} skipped" in again[1]
+
+
+def test_server_shard_and_stream_flags_are_parsed(capsys):
+    args = parse_args(["in.txt", "-o", "out", "--server", "a:1", "--server", "b:2,c:3"])
+    assert args.server == ["a:1", "b:2", "c:3"] and args.shard is None
+    args = parse_args(["in.txt", "-o", "out", "--server", "dns:///clip:50051", "--shard", "2/4"])
+    assert args.server == "dns:///clip:50051" and args.shard == (2, 4)
+    for bad in (["--shard", "4/4"], ["--shard", "x"], ["--parallel-streams", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(["in.txt", "-o", "out", *bad])
+    assert "0 <= I < N" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     clip-embed photos/ -o photo-embeddings/                 # a folder of images, recursively
     clip-embed captions.txt -o caption-embeddings/          # one text per line
     clip-embed dataset.jsonl -o out/ --format parquet       # {"id": ..., "text" | "image": ...}
+    clip-embed photos/ -o out/ --server dns:///clip:50051 --parallel-streams 4 --shard 0/8
 
 Everything streams through EmbedStream with bounded memory. Re-running with the same output
 folder skips the ids already written there, so an interrupted run resumes where it stopped
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ from clip_grpc.embed_cli.inputs import (
     input_kind,
     read_records,
 )
-from clip_grpc.embed_cli.outputs import ERRORS_FILE, OutputError, PartWriter, done_ids
+from clip_grpc.embed_cli.outputs import OutputError, PartWriter, done_ids, errors_file, shard_tag
 
 __all__ = ["main"]
 _ERRORS_SHOWN = 10
@@ -59,8 +61,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--server",
-        default=os.environ.get("CLIP_GRPC_TARGET", "127.0.0.1:50051"),
-        help="host:port, grpc://host:port or grpcs://host:port [env CLIP_GRPC_TARGET]",
+        action="append",
+        help="host:port, grpc://host:port, grpcs://host:port, dns:///name:port, or several "
+        "replicas as host1:port,host2:port (or --server repeated); calls are balanced "
+        "round_robin [env CLIP_GRPC_TARGET; 127.0.0.1:50051]",
+    )
+    parser.add_argument(
+        "--parallel-streams",
+        type=_positive_int,
+        default=1,
+        help="EmbedStreams at once, spread over the replicas (default 1)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="embed only shard I of N (0 <= I < N, split by a hash of each id); shards can run "
+        "side by side into one output folder",
     )
     parser.add_argument(
         "--token",
@@ -78,8 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timeout", type=float, default=60.0, help="seconds to wait for each answer"
     )
     parser.add_argument(
-        "--retries", type=int, default=5, help="retries in a row while the server is unavailable"
+        "--retry-budget",
+        type=float,
+        default=120.0,
+        help="seconds to keep retrying while the server is unavailable (default 120)",
     )
+    parser.add_argument("--retries", type=int, help="also stop after this many retries in a row")
     parser.add_argument("--raw", action="store_true", help="raw features, not L2-normalised")
     parser.add_argument(
         "--truncate",
@@ -89,7 +110,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    args.server = _targets(args.server or [os.environ.get("CLIP_GRPC_TARGET", "127.0.0.1:50051")])
+    return args  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, e.g. 0/4, not {text!r}")
+    return int(index), int(count)
+
+
+def _targets(values: list[str]) -> str | list[str]:
+    """One --server value as it is (it may be dns:/// or a comma list); several as a list."""
+    if len(values) == 1:
+        return values[0]
+    return [part for value in values for part in value.split(",") if part.strip()]
+
+
+def in_shard(item_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether `item_id` belongs to `shard` (i, n): a stable hash of the id, so the split is
+    the same on every machine and run, whatever the order of the input."""
+    return shard is None or zlib.crc32(item_id.encode("utf-8")) % shard[1] == shard[0]
 
 
 class Todo:
@@ -105,6 +155,8 @@ class Todo:
 
     def __iter__(self) -> Iterator:
         for record in read_records(self._args.input, self._kind, self._extensions):
+            if not in_shard(record.id, self._args.shard):
+                continue
             if record.id in self._done:
                 self.skipped += 1
             elif record.problem:
@@ -118,10 +170,13 @@ class Todo:
         return self._length
 
     def _count(self) -> int:
-        if not self._done and self._kind != "jsonl":
+        if not self._done and self._kind != "jsonl" and self._args.shard is None:
             return count_records(self._args.input, self._kind, self._extensions)
         records = read_records(self._args.input, self._kind, self._extensions)
-        return sum(1 for r in records if r.id not in self._done and not r.problem)
+        return sum(
+            1 for r in records
+            if in_shard(r.id, self._args.shard) and r.id not in self._done and not r.problem
+        )  # fmt: skip
 
 
 class ErrorLog:
@@ -143,20 +198,23 @@ class ErrorLog:
 
 def run(args: argparse.Namespace) -> int:
     kind = args.input_kind or input_kind(args.input)
-    done = done_ids(args.output)
-    writer = PartWriter(args.output, args.format, args.chunk_size)
-    todo = Todo(args, kind, done)
-    errors = ErrorLog(args.output / ERRORS_FILE)
+    tag = shard_tag(args.shard)
     client = Client(
         args.server, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
-        timeout=args.timeout, retries=args.retries, token=args.token,
-        tls=True if args.tls else None, root_certificates=args.root_certs,
+        timeout=args.timeout, retry_budget=args.retry_budget, retries=args.retries,
+        token=args.token, tls=True if args.tls else None, root_certificates=args.root_certs,
     )  # fmt: skip
+    done = done_ids(args.output, tag)
+    writer = PartWriter(args.output, args.format, args.chunk_size, tag)
+    todo = Todo(args, kind, done)
+    errors_path = args.output / errors_file(args.shard)
+    errors = ErrorLog(errors_path)
     started = time.perf_counter()
     try:
         outcomes = client.stream(
-            todo, raw=args.raw, truncate=args.truncate, show_progress=args.progress
-        )
+            todo, raw=args.raw, truncate=args.truncate, show_progress=args.progress,
+            parallel_streams=args.parallel_streams,
+        )  # fmt: skip
         for outcome in outcomes:
             _log_problems(todo, errors)
             _keep(outcome, writer, errors)
@@ -167,12 +225,13 @@ def run(args: argparse.Namespace) -> int:
         client.close()
     seconds = time.perf_counter() - started
     items = writer.rows_written + errors.count
+    shard = f" (shard {args.shard[0]}/{args.shard[1]})" if args.shard else ""
     print(
-        f"clip-embed: {items} items, {errors.count} errors, {todo.skipped} skipped "
+        f"clip-embed: {items} items{shard}, {errors.count} errors, {todo.skipped} skipped "
         f"(already in {args.output}), {seconds:.1f} s, {items / max(seconds, 1e-9):.1f} items/s"
     )
     if errors.count:
-        print(f"clip-embed: failed items are listed in {args.output / ERRORS_FILE}")
+        print(f"clip-embed: failed items are listed in {errors_path}")
     return 1 if errors.count else 0
 
 
@@ -196,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="clip-embed: %(message)s")
     try:
         return run(args)
-    except (OutputError, FileNotFoundError, NotADirectoryError) as error:
+    except (OutputError, FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f"clip-embed: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
