@@ -18,16 +18,16 @@ CLIP_CLIENT_PINS := tests/compat/clip-client-requirements.txt
 CLIP_CLIENT_VENV := .cache/clip-client-$(shell sha256sum $(CLIP_CLIENT_PINS) | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test-deps proto proto-check lint test screenshot run bench demo-model docker clean
+.PHONY: help venv install test-deps proto proto-check lint test screenshot run bench demo-model docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml distributions/client/pyproject.toml distributions/bridge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./distributions/client -e ./distributions/bridge -e '.[dev]'
 	touch $@
 
 # npm install, not npm ci: npm 11 leaves other platforms' optional buf binaries out of the lock
@@ -36,7 +36,9 @@ node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed ## create .venv (CPU torch) and node tools
+venv: $(VENV)/.installed ## only the Python side: .venv with CPU torch and the three distributions
+
+install: $(VENV)/.installed node_modules/.installed ## everything for development: .venv and node tools
 
 proto: $(VENV)/.installed ## regenerate the Python stubs from proto/
 	$(PROTOC) -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
@@ -49,7 +51,7 @@ proto-check: $(VENV)/.installed ## fail when the committed stubs differ from pro
 	for f in $(STUBS) $(JINA_STUBS); do diff -u $$f $$tmp/$$f || { echo "stale stub: $$f (run make proto)"; exit 1; }; done && \
 	rm -rf $$tmp && echo "stubs up to date"
 
-lint: install ## ruff, buf lint, hadolint, shellcheck
+lint: $(VENV)/.installed node_modules/.installed ## ruff, buf lint, hadolint, shellcheck
 	$(VENV)/bin/ruff check .
 	npx --no-install buf lint
 	$(VENV)/bin/hadolint Dockerfile
@@ -70,16 +72,16 @@ test: install test-deps proto-check lint ## proto-check, lints, then the whole t
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$status
 
-run: install ## serve the demo model: gRPC on 50051, REST on 8081 (Ctrl-C stops both)
+run: $(VENV)/.installed ## serve the demo model: gRPC on 50051, REST on 8081 (Ctrl-C stops both)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" docker/entrypoint.sh all
 
 screenshot: install test-deps ## retake docs/playground.png (the README's picture) in headless chromium
 	PLAYGROUND_SCREENSHOT=$(CURDIR)/docs/playground.png $(VENV)/bin/pytest -q tests/test_playground.py -k ranks_each
 
-bench: install ## benchmarks (writes bench/results and BENCHMARKS.md)
+bench: $(VENV)/.installed ## benchmarks (writes bench/results and BENCHMARKS.md)
 	$(PY) -m bench
 
-demo-model: install ## retrain the shipped demo model (deterministic, ~15 min on 2 cores)
+demo-model: $(VENV)/.installed ## retrain the shipped demo model (deterministic, ~15 min on 2 cores)
 	$(PY) -m demo.train
 
 clean: ## remove the virtual environment and caches
