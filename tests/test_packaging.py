@@ -3,6 +3,7 @@ hold, one version, and client and bridge installs into fresh venvs that never se
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import email
 import subprocess
@@ -11,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import tomllib
 
 import clip_grpc
 from clip_grpc.embed_cli.outputs import load_embeddings
@@ -101,6 +103,50 @@ def test_each_distribution_declares_its_console_script(wheels):
                        ("clip-grpc-client", "clip-embed = clip_grpc.embed_cli:main")):
         (entry_points,) = [n for n in wheels[name].namelist() if n.endswith("entry_points.txt")]
         assert line in wheels[name].read(entry_points).decode()
+
+
+def _client_files() -> list[str]:
+    config = tomllib.loads((PROJECTS["clip-grpc-client"] / "pyproject.toml").read_text())
+    return config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]["files"]
+
+
+def _clip_grpc_imports(path) -> set[str]:
+    """`clip_grpc.x.y` for each module of clip_grpc that the file at `path` imports."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.startswith("clip_grpc.") or n == "clip_grpc")
+    return found
+
+
+def test_what_the_client_and_the_bridge_import_ships_in_the_client():
+    """Fast check of the lists in distributions/client/pyproject.toml and pyproject.toml."""
+    listed = _client_files()
+    shipped = [REPO / f for f in listed]
+    sources = [p for p in (REPO / "rest_bridge").rglob("*.py")]
+    sources += [p for root in shipped for p in ([root] if root.is_file() else root.rglob("*.py"))]
+    missing = set()
+    for source in sources:
+        for module in _clip_grpc_imports(source):
+            as_path = module.replace(".", "/")
+            if (REPO / as_path).is_dir() or (REPO / f"{as_path}.py").is_file():
+                if not any(as_path == f.removesuffix(".py") or as_path.startswith(
+                        f.removesuffix(".py") + "/") or f == f"{as_path}/__init__.py"
+                        for f in listed):
+                    missing.add(f"{as_path} (imported by {source.relative_to(REPO)})")
+    assert not missing, (
+        "add these to `files` in distributions/client/pyproject.toml and to `exclude` in "
+        f"pyproject.toml (the client and the bridge must not need the server): {sorted(missing)}")
 
 
 def _requirements(wheel: zipfile.ZipFile, extras: tuple[str, ...] = ()) -> list[str]:
