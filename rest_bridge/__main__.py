@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 
 from clip_grpc.logs import setup_logging
@@ -25,13 +26,21 @@ async def serve(config: BridgeConfig) -> None:
     server = make_http_server(app, config)
     server.listen(config.port, config.host)
     log.info(
-        "REST bridge on http://%s:%d -> gRPC %s (%s)", config.host, config.port,
-        config.grpc_target, "TLS" if config.use_tls else "plaintext",
+        "REST bridge on %s://%s:%d%s -> gRPC %s (%s)", "https" if config.https else "http",
+        config.host, config.port, " (client certificates required)" if config.tls_client_ca
+        else "", config.grpc_target, "TLS" if config.use_tls else "plaintext",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+
+    def reload_files() -> None:
+        log.info("SIGHUP: re-reading the API keys, the gRPC token and the TLS certificates")
+        app.settings["auth"].reload()
+        server.reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, reload_files)
     await stop.wait()
 
     log.info("stopping: no new connections; draining requests in flight")
@@ -52,7 +61,11 @@ async def _drain(metrics: BridgeMetrics, seconds: float) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
     setup_logging(config.log_level, config.log_format)  # the server's formatter
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as error:  # unreadable key, token or certificate files
+        log.error("cannot start: %s", error)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 
-from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
+from rest_bridge.auth import BridgeAuth
 from rest_bridge.backend import ClipBackend
 from rest_bridge.config import BridgeConfig
 from rest_bridge.handlers.base import NotFoundHandler
@@ -21,6 +21,8 @@ from rest_bridge.handlers.openapi import OpenApiHandler
 from rest_bridge.handlers.pages import page_routes
 from rest_bridge.handlers.rank import RankHandler
 from rest_bridge.handlers.shared_routes import EncodeRouteHandler, RankRouteHandler
+from rest_bridge.limits import RequestLimits
+from rest_bridge.listener import make_http_server
 from rest_bridge.metrics import BridgeMetrics
 from rest_bridge.request_log import record_request
 
@@ -53,12 +55,12 @@ def make_app(
         default_handler_class=NotFoundHandler,
         default_handler_args=collaborators,
         log_function=functools.partial(record_request, metrics),
+        # Every handler's API-key check and bounds (handlers/base.py).
+        auth=BridgeAuth(config),
+        limits=RequestLimits(config),
     )
     app.metrics = metrics
     return app
 
 
-def make_http_server(app: Application, config: BridgeConfig) -> HTTPServer:
-    """The POST handlers stream their bodies and enforce max_body_bytes themselves (to answer
-    413); Tornado's limit covers the rest."""
-    return HTTPServer(app, max_body_size=config.max_body_bytes)
+__all__ = ["HANDLERS", "make_app", "make_http_server"]

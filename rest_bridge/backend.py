@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from clip_grpc.v1 import clip_pb2_grpc
+from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
 from rest_bridge.config import MIB, BridgeConfig
 
 # Room for the largest embeddings answer: far more than max_form_fields vectors.
@@ -50,6 +51,9 @@ class ClipBackend:
     target: str
     clip: clip_pb2_grpc.ClipServiceStub
     health: health_pb2_grpc.HealthStub
+    # Embed on an EmbedRequest serialized already: the bridge lets go of the message before
+    # gRPC copies the bytes into its own buffers (message, bytes and copy are never all held).
+    embed_serialized: Callable | None = None
 
     @classmethod
     def from_channel(cls, channel: grpc.aio.Channel, target: str) -> ClipBackend:
@@ -57,4 +61,9 @@ class ClipBackend:
             target=target,
             clip=clip_pb2_grpc.ClipServiceStub(channel),
             health=health_pb2_grpc.HealthStub(channel),
+            embed_serialized=channel.unary_unary(
+                "/clip_grpc.v1.ClipService/Embed",
+                request_serializer=None,
+                response_deserializer=clip_pb2.EmbedResponse.FromString,
+            ),
         )

@@ -39,15 +39,50 @@ class BridgeConfig:
                              parse=str.upper)
     log_format: str = setting("json", "json: one object per line; text: for humans",
                               choices=LOG_FORMATS)
+    # Issue 9 (hardening). Memory is bounded by about max_concurrent_requests x 2 x
+    # max_body_bytes.
+    max_concurrent_requests: int = setting(
+        64, "requests handled at once (probes excluded); 429 beyond", minimum=1)
+    body_timeout_s: float = setting(
+        60.0, "seconds from the end of the headers to the end of the body; 408 after",
+        minimum=0.001)
+    idle_timeout_s: float = setting(
+        60.0, "seconds a connection may sit idle, or take to send its headers; closed after",
+        minimum=0.001)
+    max_header_bytes: int = setting(
+        64 * 1024, "largest request head (start line and headers); 431 above", minimum=1024)
+    max_image_bytes: int = setting(
+        0, "largest image forwarded (413 above); 0: the server's limit, from its Info",
+        minimum=0)
+    tls_cert: str | None = setting(
+        None, "PEM certificate chain: serve HTTPS (re-read on SIGHUP or when it changes)")
+    tls_key: str | None = setting(None, "PEM private key of --tls-cert")
+    tls_client_ca: str | None = setting(
+        None, "PEM CA certificates: require client certificates signed by them (mTLS)")
+    api_key_file: str | None = setting(
+        None, "file of API keys, one per line: every route but /healthz and /readyz needs one "
+        "(401 otherwise); re-read on SIGHUP or when it changes")
+    metrics_auth: bool = setting(True, "whether /metrics needs an API key (with --api-key-file)")
+    grpc_auth_token_file: str | None = setting(
+        None, "file holding the bridge's token towards the server, sent as "
+        "'authorization: Bearer <token>'; re-read on SIGHUP or when it changes")
 
     def __post_init__(self) -> None:
         if not self.grpc_target:
             raise ValueError("grpc_target must not be empty")
         check_settings(self)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
 
     @property
     def use_tls(self) -> bool:
         return self.grpc_tls or self.grpc_root_cert is not None
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert is not None
 
 
 def parse_config(

@@ -42,12 +42,21 @@ class ApiError(HTTPError):
     only HTTP has, a name such as PAYLOAD_TOO_LARGE); `field` names the part of the request
     at fault, when there is one."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         # log_message=None: an expected error, not worth a warning with a traceback.
         super().__init__(status, reason=None)
         self.code = code
         self.message = message
         self.field = field
+        # Extra answer headers (e.g. WWW-Authenticate on 401).
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
@@ -74,14 +83,21 @@ def from_grpc_code(
     return ApiError(status, code.name, message, field)
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, target: str) -> ApiError:
-    """Maps a failed gRPC call to the HTTP answer, with a message a user can act on."""
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ApiError:
+    """Maps a failed gRPC call to the HTTP answer, with a message a user can act on. The
+    messages of connection failures are written here, never passed through: gRPC's own name
+    the server's internal address (the bridge logs them instead)."""
     code = error.code()
     details = error.details() or ""
     if code is grpc.StatusCode.UNAVAILABLE:
-        message = f"the embedding server at {target} is unavailable ({details}); retry shortly"
+        message = "the embedding server is unavailable (starting, stopping or unreachable); "
+        message += "retry shortly"
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = f"the embedding server at {target} did not answer in time"
+        message = "the embedding server did not answer in time"
+    elif code is grpc.StatusCode.UNAUTHENTICATED:
+        # The bridge's own token was refused: the HTTP client can do nothing about it.
+        return ApiError(503, "UNAVAILABLE", "the bridge is not allowed to reach the embedding "
+                        "server (its token was refused); retry later")
     else:
         message = details or code.name
     # The server names the request part at fault in trailing metadata (e.g. "candidates[1]").
@@ -103,8 +119,10 @@ def from_http_status(status: int, message: str) -> ApiError:
         400: "INVALID_ARGUMENT",
         404: "NOT_FOUND",
         405: "METHOD_NOT_ALLOWED",
+        408: "REQUEST_TIMEOUT",
         413: "PAYLOAD_TOO_LARGE",
         415: "UNSUPPORTED_MEDIA_TYPE",
+        431: "REQUEST_HEADER_FIELDS_TOO_LARGE",
     }
     if status not in codes:
         return ApiError(500, "INTERNAL", "internal error in the REST bridge")

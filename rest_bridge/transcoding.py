@@ -21,9 +21,12 @@ from rest_bridge.status_map import ApiError, invalid_argument
 JSON_CONTENT_TYPES = ("application/json",)
 
 
-def parse_json_request(content_type: str, body: bytes, message: Message) -> Message:
+def parse_json_request(
+    content_type: str, body: bytes | bytearray, message: Message
+) -> Message:
     """Fills `message` from the proto3 JSON mapping (lowerCamelCase or proto field names,
-    bytes as base64); unknown fields are rejected."""
+    bytes as base64); unknown fields are rejected. A bytearray body is consumed: emptied once
+    decoded, so that body, text and parsed JSON are never all held at once."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type and media_type not in JSON_CONTENT_TYPES:
         raise ApiError(
@@ -31,14 +34,22 @@ def parse_json_request(content_type: str, body: bytes, message: Message) -> Mess
             "UNSUPPORTED_MEDIA_TYPE",
             f"send the request as JSON (Content-Type: application/json), got {media_type!r}",
         )
-    if not body.strip():
-        raise invalid_argument(f"empty body: send a {message.DESCRIPTOR.name} as JSON")
+    name = message.DESCRIPTOR.name
     try:
-        document = json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise invalid_argument(f"not a valid {name}: {error}") from error
+    if isinstance(body, bytearray):
+        body.clear()
+    if not text or text.isspace():
+        raise invalid_argument(f"empty body: send a {name} as JSON")
+    try:
+        document = json.loads(text)
+        del text
         inline_data_uris(document, message.DESCRIPTOR)
         json_format.ParseDict(document, message)
     except (json_format.ParseError, ValueError) as error:  # JSON and UTF-8 errors are ValueErrors
-        raise invalid_argument(f"not a valid {message.DESCRIPTOR.name}: {error}") from error
+        raise invalid_argument(f"not a valid {name}: {error}") from error
     return message
 
 

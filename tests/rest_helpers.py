@@ -86,7 +86,8 @@ async def running_bridge(grpc_target: str, backend: ClipBackend | None = None, *
     server.add_sockets([sock])
     client = AsyncHTTPClient(force_instance=True, max_clients=64)
     try:
-        yield Bridge(f"http://127.0.0.1:{port}", app, client)
+        scheme = "https" if config.https else "http"
+        yield Bridge(f"{scheme}://127.0.0.1:{port}", app, client)
     finally:
         client.close()
         server.stop()

@@ -261,7 +261,10 @@ async def test_readiness_outage_and_recovery(tiny_clip_dir, tiny_clip):
         response = await b.post_form({"text-1": "a"})
         error = error_of(response)
         assert (response.code, error["code"]) == (503, "UNAVAILABLE")
-        assert f"127.0.0.1:{port}" in error["message"] and "Retry-After" in response.headers
+        assert "Retry-After" in response.headers
+        # Issue 9: the answer never names the internal address (gRPC's own message does).
+        for answer in (response, await b.get("/readyz")):
+            assert str(port) not in answer.body.decode() and "127.0.0.1" not in answer.body.decode()
 
         async with running_server(config, loaded=tiny_clip):
             assert (await until_ok(b.get, "/readyz")).code == 200

@@ -1,5 +1,5 @@
-"""What every handler shares: the request id, JSON answers and errors, gRPC calls, and the
-request-body limit."""
+"""What every handler shares: the request id, API keys, the bound on requests at once, JSON
+answers and errors, gRPC calls, and the request-body limits."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from clip_grpc.v1 import clip_pb2
+from rest_bridge.auth import BridgeAuth
 from rest_bridge.backend import ClipBackend
 from rest_bridge.config import BridgeConfig
+from rest_bridge.limits import RequestLimits, body_timeout, check_image_sizes
 from rest_bridge.metrics import BridgeMetrics
 from rest_bridge.status_map import (
     RETRYABLE_STATUSES,
@@ -37,6 +41,10 @@ _UNLIMITED = 1 << 62
 class BaseHandler(RequestHandler):
     # The route label of metrics and logs (the pattern, never the raw path).
     route = "unmatched"
+    # Probes set these False: they stay open without an API key and are never refused as
+    # over the bound on requests at once.
+    needs_api_key = True
+    counts_towards_limit = True
 
     def initialize(
         self, config: BridgeConfig, backend: ClipBackend, metrics: BridgeMetrics
@@ -49,8 +57,12 @@ class BaseHandler(RequestHandler):
         self.texts = 0
         self.error: ApiError | None = None
         self._in_flight = False
+        self._holds_slot = False
         self._client_gone = False
         self._grpc_call: Any = None
+        # Set by make_app (application settings, so that every handler finds them).
+        self.auth: BridgeAuth = self.settings["auth"]
+        self.limits: RequestLimits = self.settings["limits"]
 
     # ---- request id -------------------------------------------------------------------
     def set_default_headers(self) -> None:
@@ -66,6 +78,12 @@ class BaseHandler(RequestHandler):
         return self._request_id
 
     def prepare(self) -> None:
+        if self.needs_api_key and self.auth.api_keys is not None:
+            self.auth.api_keys.check(self.request.headers)
+        if self.counts_towards_limit:
+            if not self.limits.concurrency.try_enter():
+                raise self.limits.concurrency.refusal()
+            self._holds_slot = True
         self._enter_in_flight()
         if not self._request_id_ok:
             raise invalid_argument("the request_id header must be an integer", REQUEST_ID_HEADER)
@@ -81,9 +99,14 @@ class BaseHandler(RequestHandler):
 
     def answer_error(self, error: ApiError) -> None:
         self.clear()
+        # Kept for the access log: without its traceback and chained exceptions, whose frames
+        # would keep the request (and its images) alive until the next garbage collection.
+        error.__traceback__ = error.__context__ = error.__cause__ = None
         self.error = error
         if error.status_code in RETRYABLE_STATUSES:
             self.set_header("Retry-After", str(self.config.retry_after_s))
+        for name, value in error.headers.items():
+            self.set_header(name, value)
         self.write_json(self.error_body(error), error.status_code)
 
     def error_body(self, error: ApiError) -> dict:
@@ -128,20 +151,50 @@ class BaseHandler(RequestHandler):
         call = method(
             request,
             timeout=timeout_s or self.config.grpc_timeout_s,
-            metadata=(("x-request-id", self.request_id),),
+            metadata=(("x-request-id", self.request_id), *self.auth.grpc_metadata()),
             wait_for_ready=False,
         )
         self._grpc_call = call
         try:
             return await call
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, self.backend.target) from None
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED):
+                # The details name internal addresses: for the log, not for the client.
+                log.warning(
+                    "gRPC %s calling %s, request_id %s: %s", error.code().name,
+                    self.backend.target, self.request_id, error.details(),
+                )
+            raise from_rpc_error(error) from None
         except asyncio.CancelledError:
             if self._client_gone:
                 raise ApiError(499, "CANCELLED", "the client closed the connection") from None
             raise
         finally:
             self._grpc_call = None
+
+    async def embed(self, request: clip_pb2.EmbedRequest) -> clip_pb2.EmbedResponse:
+        """Embed, sending the request serialized. When the caller holds no other reference
+        (see ClipFormHandler), the message is freed before gRPC copies the bytes."""
+        if self.backend.embed_serialized is None:  # stand-in backends in tests
+            return await self.call_grpc(self.backend.clip.Embed, request)
+        payload = request.SerializeToString()
+        del request
+        return await self.call_grpc(self.backend.embed_serialized, payload)
+
+    async def check_image_sizes(self, images: list[tuple[str, int]]) -> None:
+        """413 naming the first (field, size) over the image limit, before anything is
+        forwarded. Without --max-image-bytes the limit is the server's, from its Info; when
+        the server cannot say (it is down), the Embed call that follows will tell."""
+        if not images:
+            return
+        limit = self.limits.images.known()
+        if limit is None:
+            try:
+                info = await self.call_grpc(self.backend.clip.Info, clip_pb2.InfoRequest())
+            except ApiError:
+                return
+            limit = self.limits.images.remember(info.max_image_bytes)
+        check_image_sizes(images, limit)
 
     # ---- bookkeeping --------------------------------------------------------------------
     def _enter_in_flight(self) -> None:
@@ -153,6 +206,9 @@ class BaseHandler(RequestHandler):
         if self._in_flight:
             self._in_flight = False
             self.metrics.in_flight.labels(self.route).dec()
+        if self._holds_slot:
+            self._holds_slot = False
+            self.limits.concurrency.leave()
 
     def on_finish(self) -> None:
         self._leave_in_flight()
@@ -177,13 +233,18 @@ class NotFoundHandler(BaseHandler):
 
 @stream_request_body
 class BodyHandler(BaseHandler):
-    """A POST handler that reads its body itself, to answer 413 (JSON, before reading the
-    body when Content-Length says it is too large) instead of Tornado's bare 400."""
+    """A POST handler that reads its body itself: to answer 413 (JSON, before reading the
+    body when Content-Length says it is too large) instead of Tornado's bare 400, to answer 408
+    to a client that takes longer than --body-timeout-s to send it, and to hold it once, in
+    one buffer that handle() owns (so that it can let go of it as soon as it has been turned
+    into the gRPC request)."""
 
     def prepare(self) -> None:
         super().prepare()
-        self._chunks: list[bytes] = []
-        self._received = 0
+        self._body: bytearray | None = bytearray()
+        self._body_timer = IOLoop.current().call_later(
+            self.config.body_timeout_s, self._body_timed_out
+        )
         length = self.request.headers.get("Content-Length")
         if length is None:
             self.request.connection.set_max_body_size(_UNLIMITED)
@@ -197,22 +258,44 @@ class BodyHandler(BaseHandler):
             f"the request body is larger than the limit of {self.config.max_body_bytes} bytes",
         )
 
+    def _body_timed_out(self) -> None:
+        if not self._finished and self._body is not None:
+            # Tornado closes the connection once this answer is written.
+            self._body = None
+            self.answer_error(body_timeout(self.config.body_timeout_s))
+
+    def _stop_body_timer(self) -> None:
+        timer = getattr(self, "_body_timer", None)
+        if timer is not None:
+            IOLoop.current().remove_timeout(timer)
+            self._body_timer = None
+
     def data_received(self, chunk: bytes) -> None:
-        if self._finished:
+        if self._finished or self._body is None:
             return
-        self._received += len(chunk)
-        if self._received > self.config.max_body_bytes:
-            self._chunks.clear()
+        if len(self._body) + len(chunk) > self.config.max_body_bytes:
+            self._body = None
             self.answer_error(self._too_large())
             return
-        self._chunks.append(chunk)
+        self._body += chunk
 
     async def post(self) -> None:
+        self._stop_body_timer()
         if self._finished:
             return
-        body = b"".join(self._chunks)
-        self._chunks.clear()
+        body, self._body = self._body, None
+        # handle() holds the only reference: once it lets go (del body, or parse_json_request
+        # emptying it), the body's memory is freed, before the gRPC call.
         await self.handle(body)
 
-    async def handle(self, body: bytes) -> None:
+    async def handle(self, body: bytearray) -> None:
         raise NotImplementedError
+
+    def on_finish(self) -> None:
+        self._stop_body_timer()
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        self._stop_body_timer()
+        self._body = None
+        super().on_connection_close()

@@ -11,18 +11,24 @@ from rest_bridge.status_map import ApiError
 READY_TIMEOUT_S = 2.0
 
 
-class HealthzHandler(BaseHandler):
+class ProbeHandler(BaseHandler):
+    """Probes stay open without an API key and are never refused by the bound on requests."""
+
+    needs_api_key = False
+    counts_towards_limit = False
+
+
+class HealthzHandler(ProbeHandler):
     route = "/healthz"
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
 
 
-class ReadyzHandler(BaseHandler):
+class ReadyzHandler(ProbeHandler):
     route = "/readyz"
 
     async def get(self) -> None:
-        target = self.backend.target
         try:
             reply = await self.call_grpc(
                 self.backend.health.Check,
@@ -34,6 +40,6 @@ class ReadyzHandler(BaseHandler):
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             raise ApiError(
-                503, "UNAVAILABLE", f"not ready: the embedding server at {target} is {status}"
+                503, "UNAVAILABLE", f"not ready: the embedding server is {status}"
             )
-        self.write_json({"status": "ready", "grpc_target": target})
+        self.write_json({"status": "ready"})

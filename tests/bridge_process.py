@@ -1,0 +1,110 @@
+"""`python -m rest_bridge` as a child process against a stand-in gRPC server, for the tests
+that measure the bridge alone (its memory) or drive its signals (SIGHUP)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from tornado.httpclient import AsyncHTTPClient
+from tornado.testing import bind_unused_port
+
+from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+
+MIB = 1024 * 1024
+
+
+def free_port() -> int:
+    sock, port = bind_unused_port()
+    sock.close()
+    return port
+
+
+class StandInClip(clip_pb2_grpc.ClipServiceServicer):
+    """Answers every item with a per-item error, quickly: what the bridge holds is all that
+    is measured. Records the name and the metadata of each call."""
+
+    def __init__(self, max_image_bytes: int = 20 * MIB):
+        self.max_image_bytes = max_image_bytes
+        self.calls: list[str] = []
+        self.metadata: list[dict] = []
+
+    def _record(self, name, context) -> None:
+        self.calls.append(name)
+        self.metadata.append(dict(context.invocation_metadata()))
+
+    async def Embed(self, request, context):
+        self._record("Embed", context)
+        response = clip_pb2.EmbedResponse()
+        for item in request.items:
+            response.results.add(id=item.id, error=clip_pb2.ItemError(
+                code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="not an image",
+                field="image"))
+        return response
+
+    async def Info(self, request, context):
+        self._record("Info", context)
+        return clip_pb2.InfoResponse(model_name="stand-in", embedding_dim=4,
+                                     max_image_bytes=self.max_image_bytes)
+
+
+@contextlib.asynccontextmanager
+async def stand_in_server(servicer: StandInClip | None = None):
+    servicer = servicer or StandInClip()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 128 * MIB)])
+    clip_pb2_grpc.add_ClipServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        await server.stop(None)
+
+
+class BridgeProcess:
+    def __init__(self, process: asyncio.subprocess.Process, base_url: str):
+        self.process = process
+        self.base_url = base_url
+
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise LookupError(field)
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(grpc_target: str, *flags: str, scheme: str = "http", ssl_options=None):
+    """The bridge CLI on a free port; ready once /healthz answers."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rest_bridge", "--grpc-target", grpc_target,
+        "--host", "127.0.0.1", "--port", str(port), *flags,
+        env=dict(os.environ), stderr=asyncio.subprocess.PIPE,
+    )
+    base_url = f"{scheme}://127.0.0.1:{port}"
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        for _ in range(300):
+            try:
+                await client.fetch(base_url + "/healthz", ssl_options=ssl_options)
+                break
+            except OSError:
+                if process.returncode is not None:
+                    raise RuntimeError("the bridge exited") from None
+                await asyncio.sleep(0.1)
+        client.close()
+        yield BridgeProcess(process, base_url)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await asyncio.wait_for(process.communicate(), 30)
