@@ -19,6 +19,7 @@ from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
 from rest_bridge.backend import ClipBackend
 from rest_bridge.openapi import openapi_document
+from tests.bridge_process import StandInClip, stand_in_server
 from tests.conftest import image_bytes, server_config
 from tests.rest_helpers import encode_form, error_of, running_bridge
 
@@ -217,13 +218,27 @@ async def test_concurrent_requests_get_their_own_answers(bridge, stub):
 
 
 # ---- errors from the server side --------------------------------------------------------
-async def test_overload_is_429_with_retry_after(tiny_clip_dir, tiny_clip):
-    config = server_config(tiny_clip_dir, max_queue_size=1)
-    async with running_server(config, loaded=tiny_clip) as server:
-        async with running_bridge(server.target, retry_after_s=3) as small:
+class _FullQueue(StandInClip):
+    async def Embed(self, request, context):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue is full; retry later")
+
+
+async def test_overload_is_429_with_retry_after():
+    async with stand_in_server(_FullQueue()) as (target, _):
+        async with running_bridge(target, retry_after_s=3) as small:
             response = await small.post_form({"text-1": "a", "text-2": "b"})
     assert (response.code, error_of(response)["code"]) == (429, "RESOURCE_EXHAUSTED")
     assert response.headers["Retry-After"] == "3"
+
+
+async def test_a_form_larger_than_the_servers_queue_is_a_400(tiny_clip_dir, tiny_clip):
+    # It could never fit: retrying would not help (issue 9), so no 429.
+    config = server_config(tiny_clip_dir, max_queue_size=1)
+    async with running_server(config, loaded=tiny_clip) as server:
+        async with running_bridge(server.target) as small:
+            response = await small.post_form({"text-1": "a", "text-2": "b"})
+    assert (response.code, error_of(response)["code"]) == (400, "INVALID_ARGUMENT")
+    assert "Retry-After" not in response.headers
 
 
 async def test_a_missed_deadline_is_504(clip_server):
