@@ -55,6 +55,15 @@ class ServerConfig:
     metrics_port: int = setting(
         9090, "port for Prometheus GET /metrics, on --host (0: no metrics endpoint)",
         minimum=0, maximum=65535)
+    max_connection_age_s: float = setting(
+        0.0, "close each client connection (GOAWAY) after this many seconds, so clients "
+        "re-resolve and find new replicas (0: never)", minimum=0)
+    max_connection_age_grace_s: float = setting(
+        0.0, "how long calls in flight on an aged connection may still run (0: no limit)",
+        minimum=0)
+    min_ping_interval_s: float = setting(
+        5.0, "most frequent keepalive ping accepted from a client, with or without calls; "
+        "faster pingers are cut with GOAWAY too_many_pings", minimum=0.001)
     log_level: str = setting("INFO", "least severe level logged", choices=LOG_LEVELS,
                              parse=str.upper)
     log_format: str = setting("json", "json: one object per line; text: for humans",

@@ -21,6 +21,7 @@ from .jina_servicer import JinaServicer
 from .jina_v1 import jina_pb2_grpc
 from .metrics import MetricsEndpoint, ServerMetrics
 from .model.loading import LoadedModel, load_model
+from .server_options import server_options
 from .servicer import ClipServicer
 from .v1 import clip_pb2, clip_pb2_grpc
 
@@ -95,11 +96,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         endpoint = MetricsEndpoint(metrics, config.host, config.metrics_port)
     server = grpc.aio.server(
         interceptors=[AccessLogInterceptor(metrics)],
-        options=[
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
+        options=server_options(config),
     )
     servicer = ClipServicer(None)
     clip_pb2_grpc.add_ClipServiceServicer_to_server(servicer, server)
