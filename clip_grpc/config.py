@@ -21,7 +21,8 @@ LOG_FORMATS = ("json", "text")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str = setting("", "model folder or .zip (empty: the shipped demo model)")
+    model: str = setting(
+        "", "HuggingFace CLIP/SigLIP model folder or .zip (empty: the shipped demo model)")
     host: str = setting("[::]", "address to bind")
     port: int = setting(50051, "port to bind (0 picks a free one)", minimum=0, maximum=65535)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
@@ -87,5 +88,7 @@ def parse_args(
     """Flags win over CLIP_GRPC_* environment variables, which win over defaults."""
     return parse_settings(
         ServerConfig, argv, environ, prog="clip-grpc",
-        description="Serve CLIP embeddings over gRPC.", env_prefix=ENV_PREFIX,
+        description="Serve CLIP embeddings over gRPC. OpenAI CLIP .pt and open_clip "
+        "checkpoints: `clip-grpc convert SRC DEST` first (see `clip-grpc convert --help`).",
+        env_prefix=ENV_PREFIX,
     )
