@@ -15,7 +15,17 @@ import time
 from clip_grpc.config import ServerConfig
 from clip_grpc.model.loading import load_model
 
-from . import grpc_stream, machine, model_only, models, processes, report, rest, serialization
+from . import (
+    grpc_stream,
+    machine,
+    model_only,
+    models,
+    overhead,
+    processes,
+    report,
+    rest,
+    serialization,
+)
 from . import stages as stage_costs
 from .inputs import make_inputs
 
@@ -51,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="environment for the server process, e.g. OMP_NUM_THREADS=1")
     parser.add_argument("--inputs", type=int, default=64, help="distinct images and texts")
     parser.add_argument("--skip-rest", action="store_true")
+    parser.add_argument("--overhead-seconds", type=float, default=10.0,
+                        help="measured seconds of each serving-overhead run")
+    parser.add_argument("--skip-overhead", action="store_true",
+                        help="leave out the serving-overhead section (near-free model)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the serving-overhead section")
     parser.add_argument("--skip-serialisation", action="store_true")
     parser.add_argument("--no-markdown", action="store_true",
                         help="write the JSON only, leave BENCHMARKS.md alone")
@@ -58,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.model = args.model or ["demo", "vit-b32"]
     if args.quick:
         args.seconds, args.warmup_seconds, args.model_seconds, args.rounds = 3.0, 1.0, 1.0, 1
+        args.overhead_seconds = 3.0
         args.min_batches = 2
         args.inputs = min(args.inputs, 32)
     args.server_flags = shlex.split(args.server_args)
@@ -257,10 +274,12 @@ async def main(argv: list[str] | None = None) -> int:
     run = {"when": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:] if argv is None else argv,
            "machine": machine.describe(), "models": []}
     print(f"machine: {machine.one_line(run['machine'])}", flush=True)
+    if not args.skip_overhead:
+        run["overhead"] = await overhead.run(args)
     images, texts = make_inputs(args.inputs)
-    for name in args.model:
+    for name in [] if args.overhead_only else args.model:
         run["models"].append(await bench_model(name, args, images, texts))
-    if not args.skip_serialisation:
+    if not (args.skip_serialisation or args.overhead_only):
         print("\n== embedding serialisation", flush=True)
         run["serialisation"] = serialization.run_all()
     path = report.write_json(run)

@@ -13,7 +13,7 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 def _factory():
     # The test helpers build random-weight folders with the real tokenizer; imported lazily
-    # because only these two cases need them.
+    # because only these cases need them.
     from tests import model_factory
 
     return model_factory
@@ -42,6 +42,9 @@ def resolve(name: str) -> tuple[Path, str]:
             print(f"building a random-init ViT-B/32 in {folder} (once, ~600 MB)", flush=True)
         _build_once(folder, _factory().save_vit_b32)
         return folder, "random-init ViT-B/32 (speed depends on the architecture, not weights)"
+    if name == "near-free":
+        folder = _build_once(CACHE / "near-free-clip", _factory().save_near_free)
+        return folder, "random CLIP with a nearly free forward pass (1 layer, 32 wide, 224 px)"
     folder = Path(name)
     if not folder.exists():
         raise SystemExit(f"--model {name}: no such folder or file (use demo, vit-b32 or a path)")

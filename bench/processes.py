@@ -48,6 +48,9 @@ class Child:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
+    def thread_cpu_seconds(self) -> dict[int, float]:
+        return thread_cpu_seconds(self.process.pid)
+
     async def wait_until(self, ready: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not await ready():
@@ -118,3 +121,25 @@ async def start_bridge(grpc_target: str) -> tuple:
         child.stop()
         raise
     return child, f"http://127.0.0.1:{port}"
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of a process so far, by thread id."""
+    threads = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended while we looked
+            continue
+        threads[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return threads
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    names = {}
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names[int(comm.parent.name)] = comm.read_text().strip()
+        except OSError:
+            continue
+    return names

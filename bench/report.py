@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .machine import one_line
+from .overhead import section as overhead_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -17,7 +18,9 @@ RESULTS_BEGIN, RESULTS_END = "<!-- bench:results:begin -->", "<!-- bench:results
 
 def write_json(run: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    models = "+".join(m["model"].replace("/", "_") for m in run["models"]) or "serialisation"
+    names = [*(["overhead"] if run.get("overhead") else []),
+             *(m["model"].replace("/", "_") for m in run["models"])]
+    models = "+".join(names) or "serialisation"
     path = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{models}.json"
     path.write_text(json.dumps(run, indent=2) + "\n")
     return path
@@ -121,6 +124,10 @@ def update_markdown(run: dict) -> None:
     for result in run["models"]:
         text = _replace(text, section_key(result),
                         model_section(result, run["machine"], run["when"]))
+    if run.get("overhead"):
+        result = run["overhead"]
+        text = _replace(text, section_key({**result, "model": "serving-overhead"}),
+                        overhead_section(result, run["machine"], run["when"]))
     if run.get("serialisation"):
         text = _replace(text, "serialisation", serialisation_section(run["serialisation"]))
     BENCHMARKS_MD.write_text(text)

@@ -77,6 +77,13 @@ def save_vit_b32(folder: Path) -> Path:
     return folder
 
 
+def save_near_free(folder: Path) -> Path:
+    """A CLIP whose forward pass is nearly free (1 layer, 32 wide, 224 px input, real tokenizer):
+    what is left in an end-to-end run is the serving path's own cost (bench "serving overhead")."""
+    return save_clip(folder, text_width=32, vision_width=32, layers=1, heads=2, image_size=224,
+                     patch_size=32, projection_dim=32)
+
+
 def save_siglip(folder: Path, *, width=32, layers=2, heads=2, image_size=32, patch_size=8,
                 context_length=64, seed=0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

@@ -76,3 +76,29 @@ def test_markdown_sections_are_replaced_and_hand_written_text_kept(tmp_path, mon
     assert "bf16 run" in content  # other settings of the same model keep their own section
     assert content.startswith("# Benchmarks\nintro\n") and content.endswith("notes\n")
     assert content.index("second run") < content.index(report.RESULTS_END)
+
+
+def test_thread_cpu_times_cover_this_process_threads():
+    import os
+    import threading
+
+    from bench.processes import thread_cpu_seconds, thread_names
+
+    threads = thread_cpu_seconds(os.getpid())
+    assert threading.get_native_id() in threads and all(v >= 0 for v in threads.values())
+    assert os.getpid() in thread_names(os.getpid())
+
+
+def test_the_overhead_section_reports_cpu_per_item_and_the_ratio_to_preprocessing_alone():
+    from bench.overhead import section
+
+    row = {"items_per_s": 700.0, "server_cpu_us": 1500.0, "busiest_thread_us": 400.0,
+           "busiest_thread": "preprocess_0", "event_loop_us": 110.0, "alone_us": 1000.0,
+           "server_vs_alone": 1.5, "client_cpu_us": 300.0}
+    result = {"description": "near-free", "server_flags": [], "server_env": {}, "rounds": 2,
+              "load_average": {"start": (1.0, 1.0, 1.0), "end": (2.0, 2.0, 2.0)},
+              "stream_load": {"streams": 4, "items_per_message": 8, "messages_in_flight": 2},
+              "image_side": 224, "result": {"image": row, "text": row}}
+    text = section(result, {"cpu": "x", "cores": 2, "torch": "t"}, "now")
+    assert "| image | 700 | 1,500 | 400 (preprocess_0) | 110 | 1,000 | **1.50** | 300 |" in text
+    assert "loadavg 1.00 1.00 1.00 at start" in text

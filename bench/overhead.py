@@ -1,0 +1,159 @@
+"""Serving overhead: the end-to-end EmbedStream with a near-free model (1 layer, 32 wide, 224 px).
+
+With the forward pass nearly free, what the server spends per item is the serving path's own
+cost: gRPC, asyncio, thread hand-offs, decoding and tokenising. Reported per item: the whole
+server process's CPU time (/proc/<pid>/stat), its busiest thread's (/proc/<pid>/task/*/stat: the
+single-thread cap, since one thread can never go faster than one core) and the event loop's
+(the main thread), next to the CPU of decoding and preprocessing the same images (tokenising the
+same texts) alone, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from clip_grpc.model.images import decode_image
+from clip_grpc.model.loading import load_model
+from clip_grpc.model.texts import TextTokenizer
+
+from . import grpc_stream, machine, models, processes
+from .inputs import photo_like_jpeg, sentence
+
+MODEL = "near-free"
+IMAGE_SIDE = 224  # the model's input size: what is left is decoding and normalising, no resize
+NO_LIMIT = 1 << 40
+
+
+def make_inputs(count: int) -> tuple[list[bytes], list[str]]:
+    return ([photo_like_jpeg(i, IMAGE_SIDE, IMAGE_SIDE) for i in range(count)],
+            [sentence(i) for i in range(count)])
+
+
+def cpu_alone(step, inputs, min_seconds: float = 1.0) -> float:
+    """This thread's CPU seconds per call of step, over inputs repeated for min_seconds."""
+    step(inputs[0])
+    calls, started, cpu_started = 0, time.perf_counter(), time.thread_time()
+    while calls < len(inputs) or time.perf_counter() - started < min_seconds:
+        step(inputs[calls % len(inputs)])
+        calls += 1
+    return (time.thread_time() - cpu_started) / calls
+
+
+def preprocessing_alone(folder, images: list[bytes], texts: list[str], jpeg_draft: bool) -> dict:
+    """us of CPU per item, one thread: decode + EXIF + RGB + normalise, and tokenise."""
+    loaded = load_model(folder, "cpu", "fp32")
+    transform = loaded.image_transform
+    draft = transform.draft_size if jpeg_draft else None
+    tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
+    return {
+        "image": 1e6 * cpu_alone(
+            lambda data: transform(decode_image(data, NO_LIMIT, NO_LIMIT, draft)), images),
+        "text": 1e6 * cpu_alone(tokenize, texts),
+    }
+
+
+async def measure_kind(kind: str, target: str, server: processes.Child, images, texts,
+                       load: grpc_stream.StreamLoad) -> dict:
+    count = max(2 * load.streams * load.messages_in_flight, len(images) // load.items_per_message)
+    requests = grpc_stream.messages(kind, images, texts, load.items_per_message, count)
+    await grpc_stream.drive(target, requests, load, load.warmup_seconds, require_answers=False)
+    pid = server.process.pid
+    before = {"process": server.cpu_seconds(), "threads": server.thread_cpu_seconds(),
+              "client": time.process_time()}
+    after = {}
+
+    def window_end():
+        after.update(process=server.cpu_seconds(), threads=server.thread_cpu_seconds(),
+                     client=time.process_time())
+
+    row = await grpc_stream.drive(target, requests, load, load.seconds, window_end)
+    per_item = 1e6 / row["items"]
+    by_thread = {tid: cpu - before["threads"].get(tid, 0.0)
+                 for tid, cpu in after["threads"].items()}
+    busiest = max(by_thread, key=by_thread.get)
+    names = processes.thread_names(pid)
+    return {
+        "items_per_s": row["items_per_s"],
+        "p50_ms": row["p50_ms"],
+        "server_cpu_us": (after["process"] - before["process"]) * per_item,
+        "busiest_thread_us": by_thread[busiest] * per_item,
+        "busiest_thread": "event loop" if busiest == pid else names.get(busiest, str(busiest)),
+        "event_loop_us": by_thread.get(pid, 0.0) * per_item,
+        "client_cpu_us": (after["client"] - before["client"]) * per_item,
+    }
+
+
+def median_rows(rounds: list[dict]) -> dict:
+    first = rounds[0]
+    merged = {key: (statistics.median(r[key] for r in rounds) if isinstance(value, float)
+                    else value) for key, value in first.items()}
+    merged["busiest_thread"] = statistics.mode(r["busiest_thread"] for r in rounds)
+    return merged
+
+
+async def run(args) -> dict:
+    folder, description = models.resolve(MODEL)
+    images, texts = make_inputs(args.inputs)
+    load = grpc_stream.StreamLoad(args.streams, args.items_per_message, args.messages_in_flight,
+                                  args.overhead_seconds, args.warmup_seconds)
+    load_start = machine.load_average()
+    print(f"\n== serving overhead: {description}; load {load_start}", flush=True)
+    server, target = await processes.start_server(folder, args.server_flags, args.server_env)
+    rounds = []
+    try:
+        for index in range(args.rounds):
+            alone = preprocessing_alone(folder, images, texts, args.jpeg_draft)
+            result = {}
+            for kind in ("image", "text"):
+                row = await measure_kind(kind, target, server, images, texts, load)
+                row["alone_us"] = alone[kind]
+                row["server_vs_alone"] = row["server_cpu_us"] / alone[kind]
+                result[kind] = row
+                print(f"  round {index + 1} {kind:5}: {row['items_per_s']:8.0f} items/s, server "
+                      f"CPU {row['server_cpu_us']:7.0f} us/item ({row['server_vs_alone']:.2f}x "
+                      f"alone: {alone[kind]:.0f}), busiest thread {row['busiest_thread_us']:.0f}"
+                      f" ({row['busiest_thread']}), event loop {row['event_loop_us']:.0f}",
+                      flush=True)
+            rounds.append(result)
+    finally:
+        server.stop()
+    return {
+        "model": MODEL, "description": description, "server_flags": args.server_flags,
+        "server_env": args.server_env, "rounds": len(rounds),
+        "load_average": {"start": load_start, "end": machine.load_average()},
+        "stream_load": {"streams": load.streams, "items_per_message": load.items_per_message,
+                        "messages_in_flight": load.messages_in_flight},
+        "image_side": IMAGE_SIDE,
+        "result": {kind: median_rows([r[kind] for r in rounds]) for kind in ("image", "text")},
+        "by_round": rounds,
+    }
+
+
+def section(result: dict, machine_info: dict, when: str) -> str:
+    settings = " ".join([*(f"{k}={v}" for k, v in result["server_env"].items()),
+                         *result["server_flags"]]) or "(defaults)"
+    load, start, end = result["stream_load"], *(
+        result["load_average"][k] for k in ("start", "end"))
+    lines = [
+        f"### Serving overhead: {result['description']}", "",
+        f"{when}; {machine.one_line(machine_info)}; server settings: `{settings}`; loadavg "
+        f"{' '.join(f'{v:.2f}' for v in start or ())} at start, "
+        f"{' '.join(f'{v:.2f}' for v in end or ())} at end; EmbedStream, {load['streams']} "
+        f"streams x {load['messages_in_flight']} messages of {load['items_per_message']} in "
+        f"flight; {result['image_side']}x{result['image_side']} JPEGs, 5-20-word texts; medians "
+        f"of {result['rounds']} rounds. CPU in microseconds per item; \"alone\": decoding and "
+        "preprocessing the same image (tokenising the same text) on one thread in the bench "
+        "process, same run.", "",
+        "| kind | items/s | server CPU | busiest thread | event loop thread | alone | "
+        "server / alone | client CPU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in ("image", "text"):
+        row = result["result"][kind]
+        lines.append(
+            f"| {kind} | {row['items_per_s']:,.0f} | {row['server_cpu_us']:,.0f} | "
+            f"{row['busiest_thread_us']:,.0f} ({row['busiest_thread']}) | "
+            f"{row['event_loop_us']:,.0f} | {row['alone_us']:,.0f} | "
+            f"**{row['server_vs_alone']:.2f}** | {row['client_cpu_us']:,.0f} |")
+    return "\n".join(lines) + "\n"
