@@ -38,6 +38,7 @@ async def demo_bridge():
     loaded = load_model(DEMO_MODEL_DIR, device="cpu", dtype="fp32")
     async with running_server(server_config(""), loaded=loaded) as server:
         async with running_bridge(server.target) as bridge:
+            bridge.server_target = server.target
             yield bridge
 
 
@@ -157,3 +158,21 @@ async def test_pages_are_served_with_a_strict_content_security_policy(demo_bridg
         assert response.code == 200, path
         assert "script-src 'self'" in response.headers["Content-Security-Policy"], path
     assert (await demo_bridge.get("/static/../config.py")).code in (403, 404)
+
+
+async def test_a_bridge_with_api_keys_gets_the_key_asked_for_and_kept_in_the_tab(
+    demo_bridge, page, tmp_path
+):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("playground-key\n")
+    async with running_bridge(demo_bridge.server_target, api_key_file=str(keys)) as bridge:
+        await page.goto(bridge.url("/"))
+        await expect(page.locator("#api-key-section")).to_be_visible(timeout=60_000)
+        await expect(page.locator("#error")).to_contain_text("API key", timeout=60_000)
+        await page.fill("#api-key", "playground-key")
+        await page.dispatch_event("#api-key", "change")
+        await expect(page.locator("#model")).to_have_text(re.compile("^Model "), timeout=60_000)
+        assert await page.evaluate("sessionStorage.getItem('clip-grpc-api-key')") == (
+            "playground-key"
+        )
+        assert await page.evaluate("localStorage.length") == 0
