@@ -1,14 +1,18 @@
-"""The bridge's one gRPC channel to the server, and the stubs that use it."""
+"""The bridge's one gRPC channel to the server (one target, dns:///, or a list of replicas,
+balanced round_robin), and the stubs that use it."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from clip_grpc.client.connection import SERVICE
+from clip_grpc.client.targets import parse_targets
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
 from rest_bridge.config import MIB, BridgeConfig
 
@@ -16,6 +20,18 @@ from rest_bridge.config import MIB, BridgeConfig
 MAX_RECEIVE_BYTES = 64 * MIB
 # The first reconnect attempts come fast; later ones back off up to the configured cap.
 INITIAL_RECONNECT_BACKOFF_MS = 200
+# Each call goes to the next ready replica; one that fails UNAVAILABLE (its replica died or is
+# draining) is tried again on another before the HTTP client sees a 503.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": SERVICE}],
+        "retryPolicy": {
+            "maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})  # fmt: skip
 
 
 def channel_options(config: BridgeConfig) -> list[tuple[str, int | str]]:
@@ -26,7 +42,11 @@ def channel_options(config: BridgeConfig) -> list[tuple[str, int | str]]:
         ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", config.grpc_max_reconnect_backoff_ms),
+        ("grpc.service_config", SERVICE_CONFIG),
     ]
+    authority = parse_targets(config.grpc_target).authority
+    if authority:  # a list of replicas: TLS checks (and :authority names) its first host
+        options.append(("grpc.default_authority", authority))
     if config.grpc_tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.grpc_tls_server_name))
     return options
@@ -35,13 +55,15 @@ def channel_options(config: BridgeConfig) -> list[tuple[str, int | str]]:
 def open_channel(config: BridgeConfig) -> grpc.aio.Channel:
     """Opens the channel lazily: it connects on the first call and reconnects by itself."""
     options = channel_options(config)
-    if not config.use_tls:
-        return grpc.aio.insecure_channel(config.grpc_target, options=options)
+    targets = parse_targets(config.grpc_target)
+    address = targets.channel_target()
+    if not (config.use_tls or targets.tls):
+        return grpc.aio.insecure_channel(address, options=options)
     root_certificates = (
         Path(config.grpc_root_cert).read_bytes() if config.grpc_root_cert else None
     )
     credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    return grpc.aio.secure_channel(config.grpc_target, credentials, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 @dataclasses.dataclass(frozen=True)

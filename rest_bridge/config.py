@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from clip_grpc.client.targets import parse_targets
 from clip_grpc.settings import check_settings, parse_settings, setting
 
 ENV_PREFIX = "REST_BRIDGE_"
@@ -19,7 +20,9 @@ LOG_FORMATS = ("json", "text")
 
 @dataclasses.dataclass(frozen=True)
 class BridgeConfig:
-    grpc_target: str = setting("localhost:50051", "host:port of the clip_grpc server")
+    grpc_target: str = setting(
+        "localhost:50051", "the clip_grpc server: host:port, dns:///name:port (every address "
+        "the name resolves to) or replicas as host1:port,host2:port; calls go round_robin")
     host: str = setting("0.0.0.0", "address to listen on")
     port: int = setting(8081, "HTTP port (0 picks a free one)", minimum=0, maximum=65535)
     grpc_timeout_s: float = setting(30.0, "deadline of each gRPC call, seconds", minimum=0.001)
@@ -70,6 +73,7 @@ class BridgeConfig:
     def __post_init__(self) -> None:
         if not self.grpc_target:
             raise ValueError("grpc_target must not be empty")
+        parse_targets(self.grpc_target)  # a malformed list fails here, naming the target
         check_settings(self)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
