@@ -69,6 +69,13 @@ class Batcher:
             if not pending.future.done():
                 pending.future.cancel()
 
+    def refuse_queued(self, error: BaseException) -> None:
+        """Fail every item still waiting for a batch with error (shutdown after the grace)."""
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
     async def submit(self, payload: Any) -> Any:
         """Queue one item and wait for its output. Cancelling the caller drops the item."""
         return (await self.submit_timed(payload))[0]

@@ -26,6 +26,9 @@ from .model.texts import TextTokenizer
 from .scores import clip_score
 
 log = logging.getLogger(__name__)
+GRACE_OVER = (
+    "the server shut down before this was embedded (the shutdown grace period ran out); retry"
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Engine:
         self.in_flight = 0
         self.items_in_flight = {"image": 0, "text": 0}  # per modality, for the metrics
         self.accepting = False
+        self.refusing = False  # the shutdown grace is over: what is left gets ShuttingDown
 
     async def start(self) -> None:
         """Start the batchers and run one warm-up batch of each kind through the model."""
@@ -89,6 +93,17 @@ class Engine:
         for modality, batcher in self.batchers.items():  # warm-up batches are not counted
             batcher.on_batch = functools.partial(self.metrics.batch_done, modality)
         self.accepting = True
+
+    def refuse_remaining(self) -> None:
+        """The shutdown grace is over: every item not yet in the model fails with ShuttingDown,
+        so its caller gets UNAVAILABLE (and can retry elsewhere) instead of silence."""
+        self.accepting, self.refusing = False, True
+        for batcher in (self.image_batcher, self.text_batcher):
+            batcher.refuse_queued(ShuttingDown(GRACE_OVER))
+
+    def _check_not_refusing(self) -> None:
+        if self.refusing:
+            raise ShuttingDown(GRACE_OVER)
 
     async def close(self) -> None:
         self.accepting = False
@@ -122,7 +137,12 @@ class Engine:
         finally:
             self.in_flight -= count
 
+    def _tokenize(self, text: str, truncate: bool) -> list[int]:
+        self._check_not_refusing()
+        return self.tokenize(text, truncate)
+
     def _prepare_image(self, data: bytes) -> np.ndarray:
+        self._check_not_refusing()
         transform = self.loaded.image_transform
         draft_size = transform.draft_size if self.config.jpeg_decode == "draft" else None
         image = decode_image(
@@ -137,7 +157,7 @@ class Engine:
         if item.image is not None:
             modality, prepare, args = "image", self._prepare_image, (item.image,)
         elif item.text is not None:
-            modality, prepare, args = "text", self.tokenize, (item.text, truncate)
+            modality, prepare, args = "text", self._tokenize, (item.text, truncate)
         else:
             raise InvalidInput("item has neither text nor image", "content")
         started = time.perf_counter()
@@ -145,6 +165,7 @@ class Engine:
         try:
             prepared = await loop.run_in_executor(self._preprocess_pool, prepare, *args)
             preprocess_s = time.perf_counter() - started
+            self._check_not_refusing()
             output, queue_s, forward_s = await self.batchers[modality].submit_timed(prepared)
         finally:
             self.items_in_flight[modality] -= 1
@@ -161,6 +182,9 @@ class Engine:
             outcomes = await asyncio.gather(
                 *(self.embed_one(item, truncate) for item in items), return_exceptions=True
             )
+        for outcome in outcomes:
+            if isinstance(outcome, ShuttingDown):  # the whole call is refused, to be retried
+                raise outcome
         results: list[np.ndarray | ClipError] = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, ClipError):

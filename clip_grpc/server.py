@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .access_log import AccessLogInterceptor
 from .config import ServerConfig
+from .drain import CallGate
 from .engine import Engine
 from .jina_servicer import JinaServicer
 from .jina_v1 import jina_pb2_grpc
@@ -38,6 +39,7 @@ class RunningServer:
     health: HealthServicer
     servicer: ClipServicer
     metrics: ServerMetrics
+    gate: CallGate
     metrics_endpoint: MetricsEndpoint | None = None
     engine: Engine | None = None
 
@@ -76,11 +78,21 @@ class RunningServer:
         )
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, so balancers stop sending; then drain in-flight RPCs."""
+        """NOT_SERVING and UNAVAILABLE for new calls first, so balancers and clients go
+        elsewhere; then the calls already accepted finish, up to the grace period. What is still
+        queued when it runs out is refused with UNAVAILABLE, never dropped in silence."""
         await self.health.enter_graceful_shutdown()
+        self.gate.close()
         grace = self.config.grace_seconds if grace is None else grace
-        log.info("draining", extra={"grace_seconds": grace})
-        await self.server.stop(grace)
+        log.info("draining", extra={"grace_seconds": grace, "calls": self.gate.active})
+        # Keep the last part of the grace for telling callers what was not finished.
+        margin = min(1.0, grace / 2)
+        if not await self.gate.wait_idle(grace - margin) and self.engine:
+            log.warning("grace period over: refusing what is left", extra={
+                "calls": self.gate.active, "items": self.engine.in_flight})
+            self.engine.refuse_remaining()
+            await self.gate.wait_idle(margin)
+        await self.server.stop(margin)  # only calls that arrived after the gate closed remain
         if self.engine:
             await self.engine.close()
         if self.metrics_endpoint:
@@ -94,8 +106,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     endpoint = None
     if config.metrics_port:  # first: a taken port fails before anything else started
         endpoint = MetricsEndpoint(metrics, config.host, config.metrics_port)
+    gate = CallGate()
     server = grpc.aio.server(
-        interceptors=[AccessLogInterceptor(metrics)],
+        interceptors=[AccessLogInterceptor(metrics), gate],
         options=server_options(config),
     )
     servicer = ClipServicer(None)
@@ -115,7 +128,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             endpoint.close()
         raise OSError(f"could not bind {config.host}:{config.port}")
     await server.start()
-    running = RunningServer(config, server, port, health, servicer, metrics, endpoint)
+    running = RunningServer(config, server, port, health, servicer, metrics, gate, endpoint)
     await running.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("listening", extra={"address": f"{config.host}:{port}"})
     return running

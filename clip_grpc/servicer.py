@@ -11,7 +11,7 @@ import numpy as np
 
 from . import __version__
 from .engine import Engine, Input, Ranked
-from .errors import ClipError, InvalidInput, grpc_code, public_message
+from .errors import ClipError, InvalidInput, ShuttingDown, grpc_code, public_message
 from .v1 import clip_pb2, clip_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
         async def handle(request):
             try:
                 results = await self._embed_results(request.items, request.options)
+            except ShuttingDown:
+                raise  # ends the stream: the caller resumes at its first unanswered message
             except ClipError as error:  # this message alone is refused; the stream goes on
                 refused = clip_pb2.EmbedResult(error=item_error(error))
                 results = [
@@ -156,10 +158,13 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
                 ]
             return clip_pb2.EmbedStreamResponse(results=results)
 
-        async for response in ordered_responses(
-            request_iterator, handle, self.engine.config.stream_window, lambda r: len(r.items)
-        ):
-            yield response
+        try:
+            async for response in ordered_responses(
+                request_iterator, handle, self.engine.config.stream_window, lambda r: len(r.items)
+            ):
+                yield response
+        except ShuttingDown as error:
+            await abort_with(context, error)
 
     async def _rank(self, request) -> list[clip_pb2.RankedCandidate]:
         if not request.HasField("query"):
@@ -182,17 +187,22 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
         async def handle(request):
             try:
                 candidates = await self._rank(request)
+            except ShuttingDown:
+                raise
             except ClipError as error:
                 return clip_pb2.RankStreamResponse(
                     query_id=request.query.id, error=item_error(error)
                 )
             return clip_pb2.RankStreamResponse(query_id=request.query.id, candidates=candidates)
 
-        async for response in ordered_responses(
-            request_iterator, handle, self.engine.config.stream_window,
-            lambda r: len(r.candidates) + 1,
-        ):
-            yield response
+        try:
+            async for response in ordered_responses(
+                request_iterator, handle, self.engine.config.stream_window,
+                lambda r: len(r.candidates) + 1,
+            ):
+                yield response
+        except ShuttingDown as error:
+            await abort_with(context, error)
 
     async def Info(self, request, context):
         await self._require_ready(context)
