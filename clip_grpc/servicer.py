@@ -12,17 +12,19 @@ import numpy as np
 from . import __version__
 from .engine import Engine, Input, Ranked
 from .errors import ClipError, InvalidInput, ShuttingDown, grpc_code, public_message
+from .rich_errors import FIELD_KEY, error_trailers
 from .v1 import clip_pb2, clip_pb2_grpc
 
 log = logging.getLogger(__name__)
 FLOAT_LIST = clip_pb2.EMBEDDING_FORMAT_FLOAT_LIST
-# Trailing metadata naming the request part at fault when a whole RPC fails on bad input.
-ERROR_FIELD_KEY = "clip-error-field"
+# Trailing metadata naming the request part at fault when a whole RPC fails on bad input (kept
+# for existing users; google.rpc.BadRequest in grpc-status-details-bin is the standard way).
+ERROR_FIELD_KEY = FIELD_KEY
 
 
 async def abort_with(context, error: ClipError) -> None:
-    metadata = ((ERROR_FIELD_KEY, error.field),) if error.field else ()
-    await context.abort(grpc_code(error), public_message(error), trailing_metadata=metadata)
+    code, message = grpc_code(error), public_message(error)
+    await context.abort(code, message, trailing_metadata=error_trailers(code, message, error.field))
 
 
 def to_input(item: clip_pb2.Item) -> Input:
@@ -122,8 +124,10 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
         self.engine = engine  # None until the model has loaded and warmed up
 
     async def _require_ready(self, context) -> None:
-        if self.engine is None or not self.engine.accepting:
+        if self.engine is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is not loaded yet")
+        if not self.engine.accepting:  # draining after SIGTERM: the client retries elsewhere
+            await abort_with(context, ShuttingDown("the server is shutting down"))
 
     async def _embed_results(self, items, options) -> list[clip_pb2.EmbedResult]:
         """Raises ClipError only when no item could be admitted (overload, shutdown)."""
@@ -137,7 +141,7 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
     async def Embed(self, request, context):
         await self._require_ready(context)
         if not request.items:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "items: the request has no items")
+            await abort_with(context, InvalidInput("items: the request has no items", "items"))
         try:
             results = await self._embed_results(request.items, request.options)
         except ClipError as error:
