@@ -11,6 +11,7 @@ is grpc's server stopped, with nothing of ours left in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 
@@ -37,14 +38,25 @@ class CallGate(grpc.aio.ServerInterceptor):
             return False
         return True
 
-    def _enter(self) -> None:
+    @contextlib.contextmanager
+    def counting(self):
+        """One call running, for as long as the block lasts."""
         self.active += 1
         self._idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
 
-    def _leave(self) -> None:
-        self.active -= 1
-        if self.active == 0:
-            self._idle.set()
+    @contextlib.asynccontextmanager
+    async def _admitted(self, context):
+        """Refuses the call once closed; otherwise counts it as running until it ends."""
+        if not self.is_open:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)
+        with self.counting():
+            yield
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -60,13 +72,8 @@ class CallGate(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def unary(request, context):
-            if not self.is_open:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)
-            self._enter()
-            try:
+            async with self._admitted(context):
                 return await inner(request, context)
-            finally:
-                self._leave()
 
         return grpc.unary_unary_rpc_method_handler(
             unary, handler.request_deserializer, handler.response_serializer)
@@ -75,14 +82,9 @@ class CallGate(grpc.aio.ServerInterceptor):
         inner = handler.stream_stream
 
         async def stream(requests, context):
-            if not self.is_open:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSED)
-            self._enter()
-            try:
+            async with self._admitted(context):
                 async for response in inner(requests, context):
                     yield response
-            finally:
-                self._leave()
 
         return grpc.stream_stream_rpc_method_handler(
             stream, handler.request_deserializer, handler.response_serializer)

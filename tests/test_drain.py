@@ -152,16 +152,16 @@ async def test_new_calls_get_unavailable_and_health_not_serving_while_draining(
             grpc.aio.insecure_channel(running.target) as channel:  # fmt: skip
         stub = clip_pb2_grpc.ClipServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        held = running.gate  # a call in flight keeps the server draining
-        held._enter()
-        stopping = asyncio.create_task(running.stop(grace=30))
-        while held.is_open:
-            await asyncio.sleep(0.01)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Info(pb.InfoRequest())
-        assert caught.value.code() == UNAVAILABLE and "shutting down" in caught.value.details()
-        check = await health.Check(health_pb2.HealthCheckRequest())
-        assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert not stopping.done()
-        held._leave()
+        held = running.gate
+        with held.counting():  # a call in flight keeps the server draining
+            stopping = asyncio.create_task(running.stop(grace=30))
+            while held.is_open:
+                await asyncio.sleep(0.01)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Info(pb.InfoRequest())
+            assert caught.value.code() == UNAVAILABLE
+            assert "shutting down" in caught.value.details()
+            check = await health.Check(health_pb2.HealthCheckRequest())
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not stopping.done()
         await asyncio.wait_for(stopping, 10)
