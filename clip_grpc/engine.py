@@ -98,7 +98,7 @@ class Engine:
         """The shutdown grace is over: every item not yet in the model fails with ShuttingDown,
         so its caller gets UNAVAILABLE (and can retry elsewhere) instead of silence."""
         self.accepting, self.refusing = False, True
-        for batcher in (self.image_batcher, self.text_batcher):
+        for batcher in self.batchers.values():
             batcher.refuse_queued(ShuttingDown(GRACE_OVER))
 
     def _check_not_refusing(self) -> None:

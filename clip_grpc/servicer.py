@@ -12,14 +12,11 @@ import numpy as np
 from . import __version__
 from .engine import Engine, Input, Ranked
 from .errors import ClipError, InvalidInput, ShuttingDown, grpc_code, public_message
-from .rich_errors import FIELD_KEY, error_trailers
+from .rich_errors import error_trailers
 from .v1 import clip_pb2, clip_pb2_grpc
 
 log = logging.getLogger(__name__)
 FLOAT_LIST = clip_pb2.EMBEDDING_FORMAT_FLOAT_LIST
-# Trailing metadata naming the request part at fault when a whole RPC fails on bad input (kept
-# for existing users; google.rpc.BadRequest in grpc-status-details-bin is the standard way).
-ERROR_FIELD_KEY = FIELD_KEY
 
 
 async def abort_with(context, error: ClipError) -> None:
