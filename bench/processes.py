@@ -45,8 +45,7 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (all its threads)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return stat_cpu_seconds(Path(f"/proc/{self.process.pid}/stat"))
 
     def thread_cpu_seconds(self) -> dict[int, float]:
         return thread_cpu_seconds(self.process.pid)
@@ -128,11 +127,16 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     threads = {}
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            threads[int(stat.parent.name)] = stat_cpu_seconds(stat)
         except OSError:  # the thread ended while we looked
             continue
-        threads[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return threads
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (utime and stime, after the comm)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def thread_names(pid: int) -> dict[int, str]:
