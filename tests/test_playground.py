@@ -158,6 +158,12 @@ async def test_pages_are_served_with_a_strict_content_security_policy(demo_bridg
         assert response.code == 200, path
         assert "script-src 'self'" in response.headers["Content-Security-Policy"], path
     assert (await demo_bridge.get("/static/../config.py")).code in (403, 404)
+    for path, method in (("/static/absent.js", "GET"), ("/docs/assets/absent.css", "GET"),
+                         ("/", "POST")):
+        response = await demo_bridge.fetch(path, method=method, body=b"" if method == "POST"
+                                           else None)
+        assert response.code in (404, 405), path
+        assert json.loads(response.body)["error"]["code"] in ("NOT_FOUND", "METHOD_NOT_ALLOWED")
 
 
 async def test_a_bridge_with_api_keys_gets_the_key_asked_for_and_kept_in_the_tab(

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from tornado.web import RequestHandler, StaticFileHandler
 
+from rest_bridge.status_map import from_http_status
+from rest_bridge.vectors import dump_json
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # The pages run only the bridge's own scripts and talk only to the bridge. Swagger UI sets
@@ -35,7 +38,15 @@ def _secure(handler: RequestHandler) -> None:
     handler.set_header("Referrer-Policy", "no-referrer")
 
 
-class PageHandler(RequestHandler):
+class _JsonErrors:
+    """Errors (a missing file, a wrong method) in the bridge's JSON shape, as on every route."""
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(dump_json(from_http_status(status_code, self._reason).body()))
+
+
+class PageHandler(_JsonErrors, RequestHandler):
     """One HTML file of static/, named by the route's `page` argument."""
 
     def initialize(self, page: str, route: str) -> None:
@@ -49,7 +60,7 @@ class PageHandler(RequestHandler):
         self.finish(self.page.read_bytes())
 
 
-class AssetHandler(StaticFileHandler):
+class AssetHandler(_JsonErrors, StaticFileHandler):
     def initialize(self, path: str, route: str) -> None:
         super().initialize(path)
         self.route = route
