@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-from clip_grpc.config import ServerConfig
+from clip_grpc.config import ServerConfig, batch_limits
 from clip_grpc.model.loading import load_model
 
 from . import (
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-seconds", type=float, default=4.0,
                         help="seconds of model-only batches at each batch size")
     parser.add_argument("--batch-sizes", default=None,
-                        help="model-only batch sizes, comma separated (default: 1,8,max batch)")
+                        help="model-only batch sizes, comma separated (default: 1, 8 and the "
+                             "server's image and text batch limits)")
     parser.add_argument("--streams", type=int, default=4, help="concurrent EmbedStream calls")
     parser.add_argument("--items-per-message", type=int, default=8)
     parser.add_argument("--messages-in-flight", type=int, default=2, help="per stream")
@@ -80,17 +81,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.server_flags = shlex.split(args.server_args)
     args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
     server_config = _server_config(args.server_flags)
-    args.max_batch_size = server_config.max_batch_size
+    args.batch_limits = batch_limits(server_config, "cpu")  # per modality, as the server runs
     args.dtype = server_config.dtype  # the model-only ceiling runs the model as the server does
     args.jpeg_draft = server_config.jpeg_decode == "draft"
     args.batch_sizes = (sorted({int(b) for b in args.batch_sizes.split(",")}) if args.batch_sizes
-                        else sorted({1, 8, args.max_batch_size}))
+                        else sorted({1, 8, *args.batch_limits.values()}))
     args.rest_concurrency = [int(c) for c in args.rest_concurrency.split(",")]
     return args
 
 
 def _server_config(flags: list[str]) -> ServerConfig:
-    """The configuration the server will run with (to learn its batch size)."""
+    """The configuration the server will run with (to learn its batch limits)."""
     from clip_grpc.config import parse_args as server_parse_args
 
     return server_parse_args(flags, environ={})
@@ -105,7 +106,7 @@ def window_seconds(args, ceiling: dict | None, kind: str) -> float:
     """args.seconds, stretched so that the window holds args.min_batches full batches."""
     if ceiling is None:
         return args.seconds
-    batch_seconds = args.max_batch_size / ceiling[kind]["ceiling_items_per_s"]
+    batch_seconds = args.batch_limits[kind] / ceiling[kind]["ceiling_items_per_s"]
     return max(args.seconds, args.min_batches * batch_seconds)
 
 

@@ -17,6 +17,10 @@ DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
 MIB = 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
+MODALITIES = ("image", "text")
+# Most items per forward pass when no flag says: a CPU gains little past 32 (BENCHMARKS.md),
+# a GPU is mostly idle at 32 and wants hundreds of texts (BENCHMARKS.md, "On a GPU").
+DEVICE_BATCH_LIMITS = {"cpu": {"image": 32, "text": 32}, "cuda": {"image": 128, "text": 512}}
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,18 @@ class ServerConfig:
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = setting("auto", "number format of the weights; auto: fp32 on CPU, fp16 on CUDA",
                          choices=("auto", "fp32", "fp16", "bf16"))
-    max_batch_size: int = setting(32, "most items in one forward pass", minimum=1)
+    max_batch_size: int = setting(
+        0, "most items in one forward pass, images and texts alike, where the per-modality "
+        "flags are not given (0: by device, see --max-image-batch-size and "
+        "--max-text-batch-size)", minimum=0)
+    max_image_batch_size: int = setting(
+        0, "most images in one forward pass (0: --max-batch-size if given, else by device: "
+        f"{DEVICE_BATCH_LIMITS['cpu']['image']} on CPU, {DEVICE_BATCH_LIMITS['cuda']['image']} "
+        "on CUDA)", minimum=0)
+    max_text_batch_size: int = setting(
+        0, "most texts in one forward pass (0: --max-batch-size if given, else by device: "
+        f"{DEVICE_BATCH_LIMITS['cpu']['text']} on CPU, {DEVICE_BATCH_LIMITS['cuda']['text']} "
+        "on CUDA)", minimum=0)
     # Matters only while the model is idle: under load batches fill as the previous one runs.
     max_wait_ms: float = setting(
         1.0, "longest an item waits for its batch to fill while the model is idle", minimum=0)
@@ -80,6 +95,18 @@ class ServerConfig:
     @property
     def serves_demo_model(self) -> bool:
         return not self.model
+
+
+def batch_limits(config: ServerConfig, device) -> dict[str, int]:
+    """Most items in one forward pass, per modality, on this device (a torch.device or its name).
+
+    The first that is set wins: the modality's own flag, then --max-batch-size, then the
+    device's default (CUDA's for "cuda"/"cuda:N", the CPU's for every other device).
+    """
+    kind = getattr(device, "type", None) or str(device).partition(":")[0]
+    defaults = DEVICE_BATCH_LIMITS.get(kind, DEVICE_BATCH_LIMITS["cpu"])
+    own = {"image": config.max_image_batch_size, "text": config.max_text_batch_size}
+    return {m: own[m] or config.max_batch_size or defaults[m] for m in MODALITIES}
 
 
 def parse_args(

@@ -16,7 +16,7 @@ import torch
 
 from . import stages
 from .batching import Batcher
-from .config import ServerConfig
+from .config import ServerConfig, batch_limits
 from .errors import ClipError, InvalidInput, Overloaded, ShuttingDown, grpc_code
 from .metrics import ServerMetrics
 from .model.encoder import Encoder
@@ -60,7 +60,9 @@ class Engine:
     ):
         self.loaded = loaded
         self.config = config
-        self.metrics = metrics or ServerMetrics(config.max_batch_size)
+        self.batch_limits = batch_limits(config, loaded.device)  # {"image": n, "text": m}
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.use_batch_limits(self.batch_limits)
         self.encoder = Encoder(loaded)
         self.tokenize = TextTokenizer(
             loaded.tokenizer, loaded.context_length, config.max_text_chars
@@ -70,10 +72,12 @@ class Engine:
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         wait_s = config.max_wait_ms / 1000
         self.image_batcher = Batcher(
-            "image", self.encoder.embed_images, self._model_thread, config.max_batch_size, wait_s
+            "image", self.encoder.embed_images, self._model_thread, self.batch_limits["image"],
+            wait_s,
         )
         self.text_batcher = Batcher(
-            "text", self.encoder.embed_texts, self._model_thread, config.max_batch_size, wait_s
+            "text", self.encoder.embed_texts, self._model_thread, self.batch_limits["text"],
+            wait_s,
         )
         self.batchers = {"image": self.image_batcher, "text": self.text_batcher}
         self.in_flight = 0

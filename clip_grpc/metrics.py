@@ -10,7 +10,7 @@ cost nothing on the request path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -40,12 +40,15 @@ SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
            1.0, 2.5, 5.0, 10.0)
 
 
-def _batch_buckets(max_batch_size: int) -> tuple[float, ...]:
-    sizes, size = [], 1
-    while size < max_batch_size:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, max_batch_size)
+def _batch_buckets(limits: Mapping[str, int]) -> tuple[float, ...]:
+    """Powers of two up to each modality's batch limit, and the limits themselves."""
+    sizes = set(limits.values())
+    for limit in limits.values():
+        size = 1
+        while size < limit:
+            sizes.add(size)
+            size *= 2
+    return tuple(sorted(sizes))
 
 
 class _EngineGauges(Collector):
@@ -73,7 +76,7 @@ class _EngineGauges(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, max_batch_size: int = 32):
+    def __init__(self, batch_limits: Mapping[str, int] | None = None):
         self.registry = registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
@@ -83,10 +86,8 @@ class ServerMetrics:
             "clip_grpc_model_info", "The model served (always 1; the labels describe it)",
             ["model", "source", "family", "dim", "device", "dtype", "version"], registry=registry,
         )
-        self.batch_size = Histogram(
-            "clip_grpc_batch_size", "Items per forward pass", ["modality"],
-            buckets=_batch_buckets(max_batch_size), registry=registry,
-        )
+        self.batch_size: Histogram | None = None  # once the limits are known
+        self.batch_buckets: tuple[float, ...] = ()
         self.embedded = Counter(
             "clip_grpc_items_embedded", "Items embedded", ["modality"], registry=registry
         )
@@ -126,6 +127,23 @@ class ServerMetrics:
         self._items = {
             m: (self.preprocess_seconds.labels(m), self.queue_seconds.labels(m)) for m in MODALITIES
         }
+        self._batches: dict[str, tuple] = {}
+        if batch_limits is not None:
+            self.use_batch_limits(batch_limits)
+
+    def use_batch_limits(self, limits: Mapping[str, int]) -> None:
+        """The batch-size histogram's buckets follow the batch limits, which depend on the
+        device, known only once the model has loaded (config.batch_limits)."""
+        buckets = _batch_buckets(limits)
+        if self.batch_size is not None:
+            if buckets == self.batch_buckets:
+                return
+            self.registry.unregister(self.batch_size)
+        self.batch_buckets = buckets
+        self.batch_size = Histogram(
+            "clip_grpc_batch_size", "Items per forward pass", ["modality"],
+            buckets=buckets, registry=self.registry,
+        )
         self._batches = {
             m: (self.batch_size.labels(m), self.forward_seconds.labels(m), self.embedded.labels(m))
             for m in MODALITIES

@@ -73,6 +73,8 @@ class RunningServer:
                 "dim": loaded.embedding_dim,
                 "device": str(loaded.device),
                 "dtype": loaded.dtype_name,
+                "max_image_batch_size": engine.batch_limits["image"],
+                "max_text_batch_size": engine.batch_limits["text"],
                 "load_seconds": round(time.perf_counter() - started, 2),
             },
         )
@@ -102,7 +104,7 @@ class RunningServer:
 
 async def start_server(config: ServerConfig) -> RunningServer:
     """Bind and start the server, NOT_SERVING until load() finishes."""
-    metrics = ServerMetrics(config.max_batch_size)
+    metrics = ServerMetrics()  # its batch-size buckets come with the engine, once loaded
     endpoint = None
     if config.metrics_port:  # first: a taken port fails before anything else started
         endpoint = MetricsEndpoint(metrics, config.host, config.metrics_port)

@@ -218,7 +218,7 @@ class ClipServicer(clip_pb2_grpc.ClipServiceServicer):
             text_context_length=loaded.context_length,
             dtype=loaded.dtype_name,
             device=str(loaded.device),
-            max_batch_size=config.max_batch_size,
+            max_batch_size=max(self.engine.batch_limits.values()),  # the larger modality's
             max_wait_ms=int(config.max_wait_ms),
             max_queue_size=config.max_queue_size,
             max_image_bytes=config.max_image_bytes,

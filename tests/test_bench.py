@@ -44,12 +44,14 @@ def test_median_of_rounds_goes_through_nested_results():
 
 
 def test_windows_stretch_to_hold_enough_batches():
-    args = SimpleNamespace(seconds=12.0, max_batch_size=32, min_batches=15)
+    args = SimpleNamespace(seconds=12.0, batch_limits={"image": 32, "text": 512}, min_batches=15)
     slow = {"image": {"ceiling_items_per_s": 16.0}}  # 2 s per batch
     fast = {"image": {"ceiling_items_per_s": 10_000.0}}
     assert window_seconds(args, slow, "image") == pytest.approx(30.0)
     assert window_seconds(args, fast, "image") == 12.0
     assert window_seconds(args, None, "image") == 12.0
+    texts = {"text": {"ceiling_items_per_s": 128.0}}  # 4 s per batch of 512 texts
+    assert window_seconds(args, texts, "text") == pytest.approx(60.0)
 
 
 def test_the_seed_002_form_is_what_the_bridge_reads():

@@ -76,7 +76,8 @@ def test_bad_values_are_refused_by_name(capsys):
     import pytest
 
     for argv, words in ((["--dtype", "fp64"], "--dtype=fp64: dtype must be one of auto, "),
-                        (["--max-batch-size", "0"], "max_batch_size must be at least 1"),
+                        (["--max-batch-size", "-1"], "max_batch_size must be at least 0"),
+                        (["--max-text-batch-size", "-2"], "max_text_batch_size must be at least 0"),
                         (["--port", "http"], "invalid int value")):
         with pytest.raises(SystemExit) as caught:
             parse_args(argv, environ={})

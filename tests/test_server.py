@@ -188,7 +188,7 @@ async def test_info_describes_model_and_limits(stub, clip_server):
     info = await stub.Info(pb.InfoRequest())
     assert (info.model_family, info.embedding_dim, info.image_size) == ("clip", 16, 32)
     assert info.text_context_length == 77 and info.dtype == "fp32" and info.device == "cpu"
-    assert info.max_batch_size == clip_server.config.max_batch_size
+    assert info.max_batch_size == max(clip_server.engine.batch_limits.values()) == 32  # CPU
     assert info.max_image_bytes == 20 * 1024 * 1024 and info.server_version
     assert info.logit_scale > 1
 

@@ -47,8 +47,8 @@ def test_both_services_refuse_a_bad_value_with_the_same_words(
 
 
 def test_building_the_dataclass_checks_the_same_bounds():
-    with pytest.raises(SettingError, match="max_batch_size must be at least 1, got 0"):
-        ServerConfig(max_batch_size=0)
+    with pytest.raises(SettingError, match="max_batch_size must be at least 0, got -1"):
+        ServerConfig(max_batch_size=-1)
     with pytest.raises(SettingError, match="dtype must be one of"):
         ServerConfig(dtype="fp64")
     with pytest.raises(SettingError, match="port must be in 0..65535"):
