@@ -30,8 +30,9 @@ class ServerConfig:
     host: str = setting("[::]", "address to bind")
     port: int = setting(50051, "port to bind (0 picks a free one)", minimum=0, maximum=65535)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
-    dtype: str = setting("auto", "number format of the weights; auto: fp32 on CPU, fp16 on CUDA",
-                         choices=("auto", "fp32", "fp16", "bf16"))
+    dtype: str = setting(
+        "auto", "number format of the weights; auto: fp32 on CPU; on CUDA bf16 where the GPU "
+        "has it (Ampere and later), else fp16", choices=("auto", "fp32", "fp16", "bf16"))
     max_batch_size: int = setting(
         0, "most items in one forward pass, images and texts alike, where the per-modality "
         "flags are not given (0: by device, see --max-image-batch-size and "

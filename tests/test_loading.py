@@ -1,13 +1,15 @@
 """Loading model folders and zips, and refusing broken ones clearly."""
 
+import contextlib
 import json
 import shutil
 import zipfile
 
 import pytest
+import torch
 
 from clip_grpc.errors import ModelLoadError
-from clip_grpc.model.loading import load_model
+from clip_grpc.model.loading import load_model, pick_dtype
 
 
 def test_loads_a_clip_folder(tiny_clip):
@@ -79,3 +81,23 @@ def test_cuda_without_a_gpu_is_a_clear_error(tiny_clip_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ModelLoadError, match="no CUDA device"):
         load_model(tiny_clip_dir, device="cuda")
+
+
+@pytest.mark.parametrize(("device", "native_bf16", "expected"), [
+    ("cpu", True, torch.float32),  # the GPU probe is not asked on CPU
+    ("cuda", True, torch.bfloat16),
+    ("cuda:1", False, torch.float16),
+])
+def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_gpus_that_have_it(
+        monkeypatch, device, native_bf16, expected):
+    asked = []
+
+    def probe(including_emulation=True):
+        asked.append(including_emulation)
+        return native_bf16 or including_emulation  # emulated bf16 must not count
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", probe)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    assert pick_dtype("auto", torch.device(device)) == expected
+    assert asked == ([] if device == "cpu" else [False])
+    assert pick_dtype("fp16", torch.device(device)) == torch.float16  # asked for: kept

@@ -54,9 +54,20 @@ def pick_device(device: str) -> torch.device:
     return chosen
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether this CUDA device computes in bf16 natively (Ampere and later). Emulated bf16 is
+    slow, so it counts as no."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: fp32 on CPU; on CUDA bf16 where the GPU has it (fp16's speed, fp32's range: no
+    overflow in the towers' activations), else fp16."""
     if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if dtype not in DTYPES:
         raise ModelLoadError(f"--dtype must be auto, fp32, fp16 or bf16, not {dtype!r}")
     return DTYPES[dtype]
