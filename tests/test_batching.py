@@ -2,26 +2,32 @@
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from clip_grpc.batching import Batcher
+from tests.waiting import until
 
 
 class RecordingModel:
-    """Doubles its inputs; records every batch; can be held busy until released."""
+    """Doubles its inputs; records every batch; can be held busy until released. `running`
+    is set once a batch has reached the model."""
 
     def __init__(self):
         self.batches: list[list[int]] = []
+        self.running = threading.Event()
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, payloads):
-        self.release.wait(5)
+        self.running.set()
+        self.release.wait(60)
         self.batches.append(list(payloads))
         return [2 * p for p in payloads]
+
+    async def wait_running(self) -> None:
+        assert await asyncio.to_thread(self.running.wait, 60), "no batch reached the model"
 
 
 @pytest.fixture
@@ -56,25 +62,38 @@ async def test_batches_never_exceed_the_maximum(make_batcher):
     assert [len(b) for b in model.batches] == [4, 4, 2]
 
 
-async def test_max_wait_is_honoured(make_batcher):
+async def test_an_item_arriving_within_max_wait_joins_the_waiting_batch(make_batcher):
     model = RecordingModel()
-    batcher = make_batcher(model, max_batch_size=8, max_wait_s=0.2)
-    started = time.perf_counter()
+    # A wait no machine could outlast: the batch can only leave because it filled up.
+    batcher = make_batcher(model, max_batch_size=2, max_wait_s=600)
     first = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0.05)
-    second = asyncio.create_task(batcher.submit(2))  # arrives within the wait: same batch
-    await asyncio.gather(first, second)
-    elapsed = time.perf_counter() - started
+    await until(lambda: batcher.queued() == 0)  # the batcher holds item 1, waiting for more
+    assert not first.done() and model.batches == []
+    second = asyncio.create_task(batcher.submit(2))
+    assert await asyncio.wait_for(asyncio.gather(first, second), 60) == [2, 4]
     assert model.batches == [[1, 2]]
-    assert 0.18 <= elapsed < 1.0  # waited for the batch to fill, then gave up at max_wait
+
+
+async def test_a_batch_that_does_not_fill_leaves_after_max_wait(make_batcher):
+    model = RecordingModel()
+    batcher = make_batcher(model, max_batch_size=8, max_wait_s=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.create_task(batcher.submit(1))
+    await until(lambda: batcher.queued() == 0)
+    second = asyncio.create_task(batcher.submit(2))  # arrives within the wait: same batch
+    # It gives up on its own (no more items come); a lower bound only, which load cannot break.
+    assert await asyncio.wait_for(asyncio.gather(first, second), 60) == [2, 4]
+    assert loop.time() - started >= 0.5 - 0.01  # the loop's timers may fire a tick early
+    assert model.batches == [[1, 2]]
 
 
 async def test_a_lone_item_does_not_wait_with_zero_max_wait(make_batcher):
     model = RecordingModel()
-    batcher = make_batcher(model, max_wait_s=0.0)
-    started = time.perf_counter()
-    assert await batcher.submit(21) == 42
-    assert time.perf_counter() - started < 0.1
+    never_full = make_batcher(model, max_batch_size=8, max_wait_s=0.0)
+    # Were max_wait ignored, the item would sit waiting for 7 more that never come.
+    assert await asyncio.wait_for(never_full.submit(21), 60) == 42
+    assert model.batches == [[21]]
 
 
 async def test_items_gather_while_the_model_is_busy(make_batcher):
@@ -82,9 +101,9 @@ async def test_items_gather_while_the_model_is_busy(make_batcher):
     batcher = make_batcher(model, max_batch_size=16, max_wait_s=0.0)
     model.release.clear()
     first = asyncio.create_task(batcher.submit(0))
-    await asyncio.sleep(0.05)  # batch [0] is running and held
+    await model.wait_running()  # batch [0] is running and held
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.queued() == 5)
     model.release.set()
     await asyncio.gather(first, *rest)
     assert model.batches == [[0], [1, 2, 3, 4, 5]]
@@ -95,12 +114,13 @@ async def test_cancelled_items_never_reach_the_model(make_batcher):
     batcher = make_batcher(model, max_batch_size=16, max_wait_s=0.0)
     model.release.clear()
     blocker = asyncio.create_task(batcher.submit(100))
-    await asyncio.sleep(0.05)
+    await model.wait_running()
     waiting = {i: asyncio.create_task(batcher.submit(i)) for i in range(10)}
-    await asyncio.sleep(0.01)
-    for i in (1, 3, 5, 7):
-        waiting[i].cancel()
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued() == 10)
+    cancelled = [waiting[i] for i in (1, 3, 5, 7)]
+    for task in cancelled:
+        task.cancel()
+    await asyncio.gather(*cancelled, return_exceptions=True)
     model.release.set()
     await blocker
     done = await asyncio.gather(*waiting.values(), return_exceptions=True)

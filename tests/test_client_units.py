@@ -79,7 +79,8 @@ def test_connection_settings(tmp_path):
 
 class ScriptedCall:
     """A fake EmbedStream call: answers each message in order and tracks items in flight.
-    `refuse` lists message numbers answered with a per-item refusal instead."""
+    `refuse` lists message numbers answered with a per-item refusal instead; with `fill_to`,
+    the first answer is held until that many items are in flight."""
 
     def __init__(self, log, refuse=(), code=grpc.StatusCode.UNAVAILABLE, short=False, fill_to=0):
         self.log, self.refuse, self.code, self.short = log, set(refuse), code, short
@@ -87,26 +88,30 @@ class ScriptedCall:
         self.written: asyncio.Queue = asyncio.Queue()
         self.in_flight = 0
         self.half_closed = False
+        self.wrote = asyncio.Event()  # set by every write and by the half-close
 
     async def write(self, request):
         self.in_flight += len(request.items)
+        self.wrote.set()
         self.log["max_in_flight"] = max(self.log.get("max_in_flight", 0), self.in_flight)
         self.log.setdefault("sent", []).extend(item.id for item in request.items)
         await self.written.put(request)
 
     async def done_writing(self):
         self.half_closed = True
+        self.wrote.set()
         await self.written.put(None)
 
     async def read(self):
         request = await self.written.get()
         if request is None:
             return grpc.aio.EOF
-        still = 0  # let the writer run ahead until it reaches fill_to or stops for 50 ms
-        while self.in_flight < self.fill_to and not self.half_closed and still < 10:
-            before = self.in_flight
-            await asyncio.sleep(0.005)
-            still = still + 1 if self.in_flight == before else 0
+        # The first answer waits until the writer has fill_to items in flight (or has
+        # half-closed): the client's bound is reached for sure, however slow the machine.
+        while self.in_flight < self.fill_to and not self.half_closed:
+            self.wrote.clear()
+            await asyncio.wait_for(self.wrote.wait(), 60)
+        self.fill_to = 0
         self.in_flight -= len(request.items)
         number = self.log["messages"] = self.log.get("messages", 0) + 1
         if number in self.refuse:

@@ -21,6 +21,7 @@ from clip_grpc.server import running_server, start_server
 from clip_grpc.v1 import clip_pb2 as pb
 from clip_grpc.v1 import clip_pb2_grpc
 from tests.conftest import image_bytes, server_config
+from tests.waiting import until
 
 
 def free_port() -> int:
@@ -117,25 +118,17 @@ async def test_in_flight_and_queued_gauges_follow_the_engine(tiny_clip_dir, tiny
     try:
         await asyncio.to_thread(model_busy.wait, 60)
         first = asyncio.create_task(engine.embed([Input("a", text="first")]))
-        await wait_until(lambda: engine.text_batcher.queued() == 0 and gauge(
+        await until(lambda: engine.text_batcher.queued() == 0 and gauge(
             "clip_grpc_items_in_flight") == 1)  # taken into a batch, waiting for the model
         later = [asyncio.create_task(engine.embed([Input(str(i), text=f"later {i}")]))
                  for i in range(2)]
-        await wait_until(lambda: gauge("clip_grpc_items_queued") == 2)
+        await until(lambda: gauge("clip_grpc_items_queued") == 2)
         assert gauge("clip_grpc_items_in_flight") == 3
     finally:
         release.set()
     await asyncio.gather(first, *later)
     assert gauge("clip_grpc_items_in_flight") == 0 and gauge("clip_grpc_items_queued") == 0
     await engine.close()
-
-
-async def wait_until(condition, timeout: float = 60.0) -> None:
-    async def poll():
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_refused_items_count_as_item_errors(tiny_clip_dir, tiny_clip):

@@ -16,13 +16,7 @@ from rest_bridge.backend import ClipBackend
 from tests.bridge_process import MIB, StandInClip, bridge_process, stand_in_server
 from tests.rest_helpers import encode_form, error_of, running_bridge
 from tests.test_rest_e2e import _HangingStub
-
-
-async def until(predicate, seconds: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
+from tests.waiting import until
 
 
 def hanging_backend() -> tuple[ClipBackend, _HangingStub]:

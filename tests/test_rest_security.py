@@ -15,16 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tests.bridge_process import bridge_process, stand_in_server
 from tests.conftest import self_signed_certificate
 from tests.rest_helpers import error_of, running_bridge
-
-
-async def until(check, seconds: float = 15.0):
-    """Calls the async `check` until it returns something true; returns that."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        result = await check()
-        if result or asyncio.get_running_loop().time() > deadline:
-            return result
-        await asyncio.sleep(0.1)
+from tests.waiting import until
 
 
 @pytest.fixture
