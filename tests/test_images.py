@@ -80,3 +80,27 @@ def test_transform_matches_the_transformers_processor(size):
     actual = transform(image)
     assert actual.shape == expected.shape == (3, 224, 224)
     np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(300, 250), (224, 224), (20, 30)])  # the last one is padded
+@pytest.mark.parametrize("config", [
+    {},  # OpenAI CLIP's mean and std, 224 px crop
+    {"size": {"height": 64, "width": 64}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+    {"do_rescale": False, "do_normalize": False, "crop_size": 40, "do_center_crop": True,
+     "size": {"shortest_edge": 32}},
+])
+def test_normalising_in_place_is_bit_identical_to_the_float32_expression(size, config):
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    transform = ImageTransform.from_preprocessor_config(
+        {"crop_size": 224, "do_center_crop": True, **config})
+    actual = transform(image)
+    # The reference: the whole (3, H, W) image as float32, then the expression in one go.
+    every_level = np.arange(256, dtype=np.uint8).reshape(1, 1, 256).repeat(3, axis=0)
+    expected_levels = (every_level.astype(np.float32) * transform.rescale_factor
+                       - transform.mean) / transform.std
+    assert np.array_equal(transform.normalise(every_level).view(np.uint32),
+                          expected_levels.view(np.uint32))
+    assert actual.dtype == np.float32 and actual.shape == (3, *transform.output_hw)
+    levels = np.unique(actual[0])
+    assert levels.size > 1  # not all padding

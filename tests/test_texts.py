@@ -1,0 +1,69 @@
+"""Tokenising a message's texts at once gives each text what tokenising it alone gives."""
+
+import pytest
+
+from clip_grpc.errors import InvalidInput
+from clip_grpc.model.loading import load_model
+from clip_grpc.model.texts import TextTokenizer
+from tests.model_factory import save_siglip2_fixed, save_siglip_published
+
+TEXTS = [
+    "a dog",
+    "Café naïve résumé, 🙂 and punctuation!",
+    "   ",  # empty
+    "word " * 79,  # too many tokens unless truncated
+    "x" * 500,  # over the character bound below unless truncated
+    "A Photo OF a CAT <|endoftext|>",
+    "",
+    "fine",
+]
+
+
+def one_by_one(tokenize: TextTokenizer, texts, truncate):
+    outcomes = []
+    for text in texts:
+        try:
+            outcomes.append(tokenize(text, truncate))
+        except InvalidInput as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def assert_same(batched, alone):
+    assert len(batched) == len(alone)
+    for many, one in zip(batched, alone, strict=True):
+        if isinstance(one, InvalidInput):
+            assert isinstance(many, InvalidInput)
+            assert (many.message, many.field) == (one.message, one.field)
+        else:
+            assert many == one
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_a_batch_of_texts_tokenises_as_each_text_alone(tiny_clip, truncate):
+    tokenize = TextTokenizer(tiny_clip.tokenizer, tiny_clip.context_length, max_chars=400)
+    assert tokenize._fast is not None  # the Rust batch call is what is under test
+    batched = tokenize.many(TEXTS, truncate)
+    assert_same(batched, one_by_one(tokenize, TEXTS, truncate))
+    errors = [o.message for o in batched if isinstance(o, InvalidInput)]
+    if truncate:
+        assert len(batched[3]) == 77 and batched[3][0] == batched[0][0]  # start token kept
+        assert batched[3][-1] == batched[0][-1]  # and the end token
+        assert errors == ["text is empty"] * 2
+    else:
+        assert any("at most 77" in m for m in errors) and any("limit is 400" in m for m in errors)
+
+
+def test_a_truncating_call_does_not_leave_the_batch_call_truncating(tiny_clip):
+    tokenize = TextTokenizer(tiny_clip.tokenizer, tiny_clip.context_length)
+    tiny_clip.tokenizer("word " * 100, truncation=True, max_length=5)  # sticks on its backend
+    long = tokenize.many(["word " * 100])[0]
+    assert isinstance(long, InvalidInput) and "102 tokens" in long.message
+
+
+@pytest.mark.parametrize("make", [save_siglip_published, save_siglip2_fixed])
+@pytest.mark.parametrize("truncate", [False, True])
+def test_sentencepiece_and_gemma_tokenizers_batch_too(tmp_path, make, truncate):
+    loaded = load_model(make(tmp_path / "model"), "cpu", "fp32")
+    tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length, max_chars=400)
+    assert_same(tokenize.many(TEXTS, truncate), one_by_one(tokenize, TEXTS, truncate))
