@@ -3,6 +3,7 @@
 import contextlib
 import json
 import shutil
+import tempfile
 import zipfile
 
 import pytest
@@ -101,3 +102,26 @@ def test_auto_dtype_is_fp32_on_cpu_and_bf16_on_gpus_that_have_it(
     assert pick_dtype("auto", torch.device(device)) == expected
     assert asked == ([] if device == "cpu" else [False])
     assert pick_dtype("fp16", torch.device(device)) == torch.float16  # asked for: kept
+
+
+@pytest.mark.parametrize("escape", ["../evil.txt", "model/../../evil.txt", "ABSOLUTE"])
+def test_a_zip_with_paths_that_climb_out_is_refused_and_writes_nothing(
+    tiny_clip_dir, tmp_path, monkeypatch, escape
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    unpack_to = tmp_path / "temp"  # where load_model makes its extraction folder
+    unpack_to.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(unpack_to))
+    member = str(outside / "evil.txt") if escape == "ABSOLUTE" else escape
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in tiny_clip_dir.iterdir():  # a complete model, and one member that escapes
+            zipped.write(path, f"model/{path.name}")
+        zipped.writestr(member, "overwritten")
+    assert member in zipfile.ZipFile(archive).namelist()  # the archive really holds it
+    with pytest.raises(ModelLoadError, match="unsafe path in zip") as caught:
+        load_model(archive, device="cpu")
+    assert member in str(caught.value) and str(archive) in str(caught.value)
+    # Refused before anything was extracted: not the escaping member, not the model's files.
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [archive]
