@@ -113,14 +113,16 @@ def _merge_list(field: str, base: list, patch: list, where: str) -> list:
     key = MERGE_KEYS.get(field)
     if key is None:
         raise RenderError(f"{where}: a patch of this list needs its merge key in MERGE_KEYS")
-    merged = copy.deepcopy(base)
-    for item in patch:
-        position = next((i for i, old in enumerate(merged) if old[key] == item[key]), None)
-        if position is None:
-            merged.append(copy.deepcopy(item))
-        else:
-            merged[position] = strategic_merge(merged[position], item, f"{where}[{item[key]}]")
-    return merged
+    # kustomize's order: the patch's items (merged into their base items) first, in the patch's
+    # order, then the base items the patch leaves alone.
+    originals = {item[key]: item for item in base}
+    merged = [
+        strategic_merge(originals[item[key]], item, f"{where}[{item[key]}]")
+        if item[key] in originals else copy.deepcopy(item)
+        for item in patch
+    ]
+    patched = {item[key] for item in patch}
+    return merged + [copy.deepcopy(item) for item in base if item[key] not in patched]
 
 
 def _set_image(objects: list[dict], image: dict) -> None:

@@ -13,6 +13,8 @@ import contextlib
 import copy
 import io
 import re
+import shutil
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -359,6 +361,18 @@ def test_invariant_checks_catch(broken):
         server = check_server(objs)
         check_bridge(objs, server)
         check_wiring(objs)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl to compare with")
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_renderer_builds_what_kubectl_kustomize_builds(name):
+    """The real kustomize (built into kubectl) makes the same objects, lists in the same order."""
+    done = subprocess.run(["kubectl", "kustomize", str(DEPLOY / name)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    theirs = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(done.stdout)}
+    mine = {(o["kind"], o["metadata"]["name"]): o for o in objects(name)}
+    assert mine == theirs
 
 
 def test_renderer_refuses_what_it_does_not_implement(tmp_path):
