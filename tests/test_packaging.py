@@ -95,6 +95,7 @@ def test_neither_the_client_nor_the_bridge_asks_for_torch(wheels):
         assert not [heavy for heavy in HEAVY if heavy in requires], name
     client_requires = metadata_of(wheels["clip-grpc-client"]).get_all("Requires-Dist")
     assert any(r.startswith("pyarrow") and "extra == 'parquet'" in r for r in client_requires)
+    assert any(r.startswith("ray[data]==") and "extra == 'ray'" in r for r in client_requires)
 
 
 def test_each_distribution_declares_its_console_script(wheels):
