@@ -21,6 +21,7 @@ MODALITIES = ("image", "text")
 # Most items per forward pass when no flag says: a CPU gains little past 32 (BENCHMARKS.md),
 # a GPU is mostly idle at 32 and wants hundreds of texts (BENCHMARKS.md, "On a GPU").
 DEVICE_BATCH_LIMITS = {"cpu": {"image": 32, "text": 32}, "cuda": {"image": 128, "text": 512}}
+REFLECTION_MODES = ("on", "off", "auth")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,18 @@ class ServerConfig:
     min_ping_interval_s: float = setting(
         5.0, "most frequent keepalive ping accepted from a client, with or without calls; "
         "faster pingers are cut with GOAWAY too_many_pings", minimum=0.001)
+    tls_cert: str | None = setting(
+        None, "PEM certificate chain: serve TLS (re-read on SIGHUP or when it changes)")
+    tls_key: str | None = setting(None, "PEM private key of --tls-cert")
+    tls_client_ca: str | None = setting(
+        None, "PEM CA certificates: require client certificates signed by them (mTLS)")
+    auth_token_file: str | None = setting(
+        None, "file of tokens, one per line: every ClipService call needs 'authorization: "
+        "Bearer <token>' (UNAUTHENTICATED otherwise; health stays open); re-read on SIGHUP or "
+        "when it changes")
+    reflection: str = setting(
+        "on", "server reflection: on, off, or auth (needs a token, with --auth-token-file)",
+        choices=REFLECTION_MODES)
     log_level: str = setting("INFO", "least severe level logged", choices=LOG_LEVELS,
                              parse=str.upper)
     log_format: str = setting("json", "json: one object per line; text: for humans",
@@ -88,6 +101,12 @@ class ServerConfig:
 
     def __post_init__(self):
         check_settings(self)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.reflection == "auth" and self.auth_token_file is None:
+            raise ValueError("--reflection auth needs --auth-token-file")
 
     @property
     def model_path(self) -> Path:

@@ -15,15 +15,19 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from .access_log import AccessLogInterceptor
+from .auth import TokenInterceptor, load_tokens
 from .config import ServerConfig
 from .drain import CallGate
 from .engine import Engine
+from .errors import StartupError
 from .jina_servicer import JinaServicer
 from .jina_v1 import jina_pb2_grpc
 from .metrics import MetricsEndpoint, ServerMetrics
 from .model.loading import LoadedModel, load_model
 from .server_options import server_options
 from .servicer import ClipServicer
+from .tls import ServerTls
+from .token_file import TokenSet
 from .v1 import clip_pb2, clip_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,10 +46,19 @@ class RunningServer:
     gate: CallGate
     metrics_endpoint: MetricsEndpoint | None = None
     engine: Engine | None = None
+    tls: ServerTls | None = None
+    tokens: TokenSet | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def reload_files(self) -> None:
+        """SIGHUP: re-read the token file and the TLS files now (they are also re-read by
+        themselves within a second or so of changing)."""
+        for watched in (self.tokens, self.tls):
+            if watched is not None:
+                watched.reload()
 
     async def set_health(self, status: int) -> None:
         for name in HEALTH_NAMES:
@@ -102,37 +115,61 @@ class RunningServer:
         log.info("stopped")
 
 
+def _security(config: ServerConfig) -> tuple[ServerTls | None, TokenSet | None]:
+    """The TLS files and the token file, read now: a bad one stops startup, naming its flag."""
+    try:
+        tls = ServerTls(config) if config.tls_cert else None
+        tokens = load_tokens(config.auth_token_file) if config.auth_token_file else None
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    if tokens is not None and tls is None:
+        log.warning("--auth-token-file without --tls-cert: tokens travel in plaintext")
+    return tls, tokens
+
+
 async def start_server(config: ServerConfig) -> RunningServer:
     """Bind and start the server, NOT_SERVING until load() finishes."""
+    tls, tokens = _security(config)
     metrics = ServerMetrics()  # its batch-size buckets come with the engine, once loaded
     endpoint = None
     if config.metrics_port:  # first: a taken port fails before anything else started
         endpoint = MetricsEndpoint(metrics, config.host, config.metrics_port)
     gate = CallGate()
-    server = grpc.aio.server(
-        interceptors=[AccessLogInterceptor(metrics), gate],
-        options=server_options(config),
-    )
+    # In this order: a call refused for its token is logged and counted, and never gated.
+    interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(metrics)]
+    if tokens is not None:
+        interceptors.append(TokenInterceptor(tokens, config.reflection == "auth"))
+    interceptors.append(gate)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     servicer = ClipServicer(None)
     clip_pb2_grpc.add_ClipServiceServicer_to_server(servicer, server)
     # clip-as-service's clients, unchanged (grpc://host:port).
     jina_pb2_grpc.add_JinaRPCServicer_to_server(JinaServicer(servicer), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
-        server,
-    )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if config.reflection != "off":
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+    address = f"{config.host}:{config.port}"
+    if tls is not None:
+        port = server.add_secure_port(address, tls.credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         if endpoint:
             endpoint.close()
         raise OSError(f"could not bind {config.host}:{config.port}")
     await server.start()
-    running = RunningServer(config, server, port, health, servicer, metrics, gate, endpoint)
+    running = RunningServer(
+        config, server, port, health, servicer, metrics, gate, endpoint, tls=tls, tokens=tokens)
     await running.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    log.info("listening", extra={"address": f"{config.host}:{port}"})
+    log.info("listening", extra={
+        "address": f"{config.host}:{port}",
+        "tls": "mtls" if tls and tls.client_certificates else "tls" if tls else "off",
+        "tokens": tokens is not None, "reflection": config.reflection})
     return running
 
 
@@ -154,6 +191,7 @@ async def serve(config: ServerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     running = await start_server(config)
+    loop.add_signal_handler(signal.SIGHUP, running.reload_files)
     loading = asyncio.create_task(running.load())
     stopper = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)

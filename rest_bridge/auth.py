@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
-from pathlib import Path
 
+from clip_grpc.token_file import BEARER, TokenSet, bearer_token, secret_lines
+from clip_grpc.watched_file import WatchedFiles
 from rest_bridge.config import BridgeConfig
 from rest_bridge.status_map import ApiError
-from rest_bridge.watched_file import WatchedFiles
 
 API_KEY_HEADER = "X-API-Key"
-BEARER = "bearer "
-
-
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
-def _read_lines(path: str) -> list[str]:
-    """Non-empty lines, blanks around them stripped; lines starting with # are comments."""
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
-
-
-def _load_keys(paths: Sequence[str]) -> tuple[bytes, ...]:
-    return tuple(_digest(key) for key in _read_lines(paths[0]))
 
 
 def _load_token(paths: Sequence[str]) -> str:
-    lines = _read_lines(paths[0])
+    lines = secret_lines(paths[0])
     if not lines:
         raise ValueError(f"{paths[0]} holds no token")
     return lines[0]
@@ -40,26 +23,19 @@ def presented_key(headers) -> str | None:
     """The key of `Authorization: Bearer <key>`, else of `X-API-Key: <key>`."""
     authorization = headers.get("Authorization", "")
     if authorization[: len(BEARER)].lower() == BEARER:
-        return authorization[len(BEARER):].strip() or None
+        return bearer_token(authorization)
     return headers.get(API_KEY_HEADER, "").strip() or None
 
 
 class ApiKeys:
-    """The keys of `--api-key-file`, re-read on change: a key removed from the file stops
-    working. Keys are compared as SHA-256 digests with hmac.compare_digest, against every
-    key, so the time taken says nothing about which key (or how much of one) matched."""
+    """The keys of `--api-key-file` (clip_grpc.token_file.TokenSet: re-read on change, compared
+    in constant time against every key)."""
 
     def __init__(self, path: str):
-        self._keys = WatchedFiles("API key file", [path], _load_keys)
+        self._keys = TokenSet("API key file", path)
 
     def accepts(self, key: str | None) -> bool:
-        if key is None:
-            return False
-        digest = _digest(key)
-        matched = False
-        for known in self._keys.current():
-            matched |= hmac.compare_digest(digest, known)
-        return matched
+        return self._keys.accepts(key)
 
     def check(self, headers) -> None:
         if not self.accepts(presented_key(headers)):

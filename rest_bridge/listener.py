@@ -11,9 +11,9 @@ from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
+from clip_grpc.watched_file import WatchedFiles
 from rest_bridge.config import BridgeConfig
 from rest_bridge.tls import watched_context
-from rest_bridge.watched_file import WatchedFiles
 
 # Heads up to this many times --max-header-bytes are read and answered 431; Tornado closes
 # the connection on larger ones without an answer (it will not buffer without bound).

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
+from clip_grpc.watched_file import WatchedFiles
 from rest_bridge.config import BridgeConfig
-from rest_bridge.watched_file import WatchedFiles
 
 
 def server_context(paths: Sequence[str]) -> ssl.SSLContext:

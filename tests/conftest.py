@@ -13,7 +13,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("CLIP_GRPC_METRICS_PORT", "0")
 
 import io  # noqa: E402
-import subprocess  # noqa: E402
 
 import pytest
 from PIL import Image
@@ -52,18 +51,6 @@ async def clip_server(tiny_clip_dir, tiny_clip):
     """A real grpc.aio server on the tiny CLIP; `.target` is "127.0.0.1:PORT"."""
     async with running_server(server_config(tiny_clip_dir), loaded=tiny_clip) as running:
         yield running
-
-
-def self_signed_certificate(folder, san: str) -> tuple:
-    """(key.pem, cert.pem) for TLS tests; san is e.g. "IP:127.0.0.1" or "DNS:clip.test"."""
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={san.split(':', 1)[1]}",
-         "-addext", f"subjectAltName={san}"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return key, cert
 
 
 def image_bytes(color=(200, 30, 30), size=(40, 30), fmt="PNG", mode="RGB") -> bytes:

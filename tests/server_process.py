@@ -27,6 +27,7 @@ class ServerProcess:
             stderr=subprocess.PIPE, text=True, env=environment, cwd=REPO,
         )  # fmt: skip
         self.logs: list[dict] = []
+        self._logged = threading.Condition()
         self._listening = threading.Event()
         self.port = 0
         threading.Thread(target=self._read_logs, daemon=True).start()
@@ -39,7 +40,9 @@ class ServerProcess:
             if not line.startswith("{"):
                 continue
             entry = json.loads(line)
-            self.logs.append(entry)
+            with self._logged:
+                self.logs.append(entry)
+                self._logged.notify_all()
             if entry.get("msg") == "listening":
                 self.port = int(entry["address"].rsplit(":", 1)[1])
                 self._listening.set()
@@ -65,6 +68,16 @@ class ServerProcess:
                     pass
                 time.sleep(0.1)
         raise TimeoutError(f"the server did not become SERVING: {self.logs[-5:]}")
+
+    def wait_for_log(self, message: str, timeout: float = 60) -> dict:
+        """The first log entry whose msg is `message`, waiting for it to be written."""
+        def found():
+            return next((e for e in self.logs if e.get("msg") == message), None)
+
+        with self._logged:
+            if not self._logged.wait_for(found, timeout):
+                raise TimeoutError(f"no {message!r} in the server's log: {self.logs[-5:]}")
+            return found()
 
     def messages(self) -> list[str]:
         return [entry.get("msg", "") for entry in self.logs]

@@ -8,7 +8,7 @@ import pytest
 
 from clip_grpc.client import Client
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
-from tests.conftest import self_signed_certificate
+from tests.certificates import self_signed_certificate
 
 TOKEN = "s3cret"
 

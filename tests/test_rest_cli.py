@@ -16,7 +16,8 @@ from grpc_health.v1._async import HealthServicer
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
-from tests.conftest import image_bytes, self_signed_certificate
+from tests.certificates import self_signed_certificate
+from tests.conftest import image_bytes
 from tests.rest_helpers import encode_form, error_of, running_bridge
 
 

@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.bridge_process import bridge_process, stand_in_server
-from tests.conftest import self_signed_certificate
+from tests.certificates import self_signed_certificate
 from tests.rest_helpers import error_of, running_bridge
 from tests.waiting import until
 

@@ -69,6 +69,8 @@ class Client:
         show_progress: bool = False,
         tls: bool | None = None,
         root_certificates: bytes | str | os.PathLike | None = None,
+        certificate_chain: bytes | str | os.PathLike | None = None,
+        private_key: bytes | str | os.PathLike | None = None,
         token: str | None = None,
         metadata: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         max_request_bytes: int = 4 * 1024 * 1024 - 64 * 1024,
@@ -84,7 +86,8 @@ class Client:
             retries=retries, backoff_s=backoff, max_backoff_s=max_backoff, budget_s=retry_budget
         )
         self._connection = Connection.build(
-            target, tls=tls, root_certificates=root_certificates, token=token,
+            target, tls=tls, root_certificates=root_certificates,
+            certificate_chain=certificate_chain, private_key=private_key, token=token,
             metadata=metadata, retries=retries, backoff_s=backoff, max_backoff_s=max_backoff,
             channel_options=channel_options, load_balancing=load_balancing,
         )  # fmt: skip

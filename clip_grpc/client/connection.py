@@ -25,6 +25,8 @@ class Connection:
     targets: Targets
     tls: bool
     root_certificates: bytes | None
+    certificate_chain: bytes | None
+    private_key: bytes | None
     metadata: tuple[tuple[str, str], ...]
     options: tuple[tuple[str, object], ...]
 
@@ -35,6 +37,8 @@ class Connection:
         *,
         tls: bool | None = None,
         root_certificates: bytes | str | os.PathLike | None = None,
+        certificate_chain: bytes | str | os.PathLike | None = None,
+        private_key: bytes | str | os.PathLike | None = None,
         token: str | None = None,
         metadata: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         retries: int | None = None,
@@ -45,13 +49,17 @@ class Connection:
     ) -> Connection:
         """`target`: see `clip_grpc.client.targets.parse_targets` (one target, dns:///, a list).
         TLS is on for grpcs:// targets, `tls=True` or `root_certificates` (PEM bytes or a file
-        path); without roots the system's are used. `token` is sent as "authorization: Bearer
-        <token>". `load_balancing`: "round_robin" (each call to the next ready replica) or
-        "pick_first" (one connection)."""
+        path); without roots the system's are used. `certificate_chain` and `private_key` (PEM
+        bytes or file paths, together) are the client's certificate, for servers that require one
+        (mTLS). `token` is sent as "authorization: Bearer <token>". `load_balancing`:
+        "round_robin" (each call to the next ready replica) or "pick_first" (one connection)."""
         if load_balancing not in LOAD_BALANCING:
             raise ValueError(f"load_balancing must be one of {LOAD_BALANCING}")
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("certificate_chain and private_key go together")
         targets = parse_targets(target)
-        use_tls = bool(tls) if tls is not None else targets.tls or root_certificates is not None
+        use_tls = bool(tls) if tls is not None else (
+            targets.tls or root_certificates is not None or certificate_chain is not None)
         pairs = list(metadata.items() if isinstance(metadata, Mapping) else metadata or ())
         if token:
             pairs.append(("authorization", f"Bearer {token}"))
@@ -73,7 +81,9 @@ class Connection:
         return cls(
             targets=targets,
             tls=use_tls,
-            root_certificates=_read_certificates(root_certificates),
+            root_certificates=_read_pem(root_certificates),
+            certificate_chain=_read_pem(certificate_chain),
+            private_key=_read_pem(private_key),
             metadata=tuple((key.lower(), value) for key, value in pairs),
             options=tuple(options),
         )
@@ -82,14 +92,15 @@ class Connection:
         """A new grpc.aio channel and stub bound to the running event loop."""
         address = self.targets.channel_target()
         if self.tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            credentials = grpc.ssl_channel_credentials(
+                self.root_certificates, self.private_key, self.certificate_chain)
             channel = grpc.aio.secure_channel(address, credentials, options=self.options)
         else:
             channel = grpc.aio.insecure_channel(address, options=self.options)
         return channel, clip_pb2_grpc.ClipServiceStub(channel)
 
 
-def _read_certificates(source: bytes | str | os.PathLike | None) -> bytes | None:
+def _read_pem(source: bytes | str | os.PathLike | None) -> bytes | None:
     if source is None or isinstance(source, bytes):
         return source
     with open(source, "rb") as file:

@@ -35,6 +35,7 @@ from clip_grpc.embed_cli.inputs import (
     read_records,
 )
 from clip_grpc.embed_cli.outputs import OutputError, PartWriter, done_ids, errors_file, shard_tag
+from clip_grpc.token_file import secret_lines
 
 __all__ = ["main"]
 _ERRORS_SHOWN = 10
@@ -84,8 +85,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("CLIP_GRPC_TOKEN"),
         help="bearer token sent as authorization metadata [env CLIP_GRPC_TOKEN]",
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("CLIP_GRPC_TOKEN_FILE"),
+        help="file whose first line (# comments skipped) is the token, instead of --token "
+        "[env CLIP_GRPC_TOKEN_FILE]",
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS (system roots by default)")
     parser.add_argument("--root-certs", type=Path, help="PEM file of roots to trust (implies TLS)")
+    parser.add_argument(
+        "--client-cert", type=Path, help="PEM certificate chain presented to the server (mTLS)"
+    )
+    parser.add_argument("--client-key", type=Path, help="PEM private key of --client-cert")
     parser.add_argument("--batch-size", type=int, default=32, help="items per stream message")
     parser.add_argument(
         "--max-in-flight", type=int, default=256, help="items sent and not yet answered"
@@ -111,8 +123,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
     args = parser.parse_args(argv)
+    if (args.client_cert is None) != (args.client_key is None):
+        parser.error("--client-cert and --client-key go together")
+    if args.token_file is not None:
+        args.token = _token_from(parser, args.token_file)
     args.server = _targets(args.server or [os.environ.get("CLIP_GRPC_TARGET", "127.0.0.1:50051")])
     return args  # fmt: skip
+
+
+def _token_from(parser: argparse.ArgumentParser, path: Path) -> str:
+    try:
+        lines = secret_lines(path)
+    except (OSError, UnicodeDecodeError) as error:
+        parser.error(f"--token-file {path}: cannot be read ({error})")
+    if not lines:
+        parser.error(f"--token-file {path} holds no token")
+    return lines[0]
 
 
 def _positive_int(text: str) -> int:
@@ -203,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         args.server, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
         timeout=args.timeout, retry_budget=args.retry_budget, retries=args.retries,
         token=args.token, tls=True if args.tls else None, root_certificates=args.root_certs,
+        certificate_chain=args.client_cert, private_key=args.client_key,
     )  # fmt: skip
     done = done_ids(args.output, tag)
     writer = PartWriter(args.output, args.format, args.chunk_size, tag)

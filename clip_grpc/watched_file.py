@@ -1,5 +1,6 @@
-"""Files the bridge re-reads while it runs (API keys, its token, TLS certificates): on SIGHUP,
-or when their size, mtime or inode change (looked at, at most once a second, when used)."""
+"""Files a process re-reads while it runs (tokens, API keys, TLS certificates; the server's and
+the bridge's): on SIGHUP, or when their size, mtime or inode change (looked at, at most once a
+second, when used). Torch-free: the client distribution ships it for the bridge."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-log = logging.getLogger("rest_bridge")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CHECK_INTERVAL_S = 1.0
@@ -30,7 +31,7 @@ def _signature(paths: Sequence[str]) -> tuple:
 class WatchedFiles(Generic[T]):
     """`load(paths)` builds the value; `current()` returns it, reloading when the files have
     changed. A failed reload keeps the last good value (and logs why): a half-written file
-    during a rotation never takes the bridge down. The first load must succeed."""
+    during a rotation never takes the service down. The first load must succeed."""
 
     def __init__(self, what: str, paths: Sequence[str], load: Callable[[Sequence[str]], T]):
         self.what = what
