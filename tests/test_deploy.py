@@ -108,6 +108,9 @@ def check_hardened(deployment: dict) -> None:
     pod = pod_spec(deployment)["securityContext"]
     assert pod["runAsNonRoot"] is True and pod["runAsUser"] == uid
     assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    # Service links would put e.g. CLIP_GRPC_PORT=tcp://10.0.0.1:50051 into the environment of
+    # every pod of a namespace holding a Service named clip-grpc: the server's own setting.
+    assert pod_spec(deployment).get("enableServiceLinks") is False
     for container in pod_spec(deployment)["containers"]:
         context = container["securityContext"]
         assert context["allowPrivilegeEscalation"] is False
@@ -341,6 +344,8 @@ BROKEN_PROMISES = {
         _server_container(objs), "CLIP_GRPC_MAX_CONECTION_AGE_S", "1"),
     "no connection ageing": lambda objs: _set_env(
         _server_container(objs), "CLIP_GRPC_MAX_CONNECTION_AGE_S", "0"),
+    "service links on": lambda objs: pod_spec(find(objs, "Deployment", SERVER)).pop(
+        "enableServiceLinks"),
     "running as root": lambda objs: pod_spec(find(objs, "Deployment", SERVER))[
         "securityContext"].update(runAsUser=0),
     "HPA on a metric the server lacks": lambda objs: find(
