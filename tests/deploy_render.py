@@ -29,8 +29,8 @@ MERGE_KEYS = {
     "volumes": "name",
     "volumeMounts": "mountPath",
 }
-# Lists without a merge key: a patch replaces them whole.
-REPLACED_LISTS = {"tolerations", "args", "command"}
+# Lists without a merge key: a patch replaces them whole (metrics: a HorizontalPodAutoscaler's).
+REPLACED_LISTS = {"tolerations", "args", "command", "metrics"}
 
 
 class RenderError(ValueError):

@@ -208,6 +208,9 @@ def check_wiring(objs: list[dict]) -> None:
     kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
     assert set(kinds) == {"Pods", "Resource"}
     assert kinds["Pods"]["pods"]["metric"]["name"] in server_gauges()
+    server = parsed(parse_args, only_container(find(objs, "Deployment", SERVER)), "server")
+    queued = int(kinds["Pods"]["pods"]["target"]["averageValue"])
+    assert queued == 2 * server.max_batch_size, "scale out at two full batches waiting per pod"
     assert kinds["Resource"]["resource"]["name"] == "cpu"
     assert only_container(find(objs, "Deployment", SERVER))["resources"]["requests"]["cpu"]
 
@@ -351,6 +354,8 @@ BROKEN_PROMISES = {
     "HPA on a metric the server lacks": lambda objs: find(
         objs, "HorizontalPodAutoscaler", SERVER)["spec"]["metrics"][0]["pods"]["metric"].update(
         name="clip_grpc_queue_depth"),
+    "HPA target out of step with the batch size": lambda objs: _set_env(
+        _server_container(objs), "CLIP_GRPC_MAX_BATCH_SIZE", "128"),
     "Service selecting no pod": lambda objs: find(objs, "Service", HEADLESS)["spec"][
         "selector"].update({"app.kubernetes.io/component": "serve"}),
     "bridge aimed at a ClusterIP name": lambda objs: _set_env(only_container(
