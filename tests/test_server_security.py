@@ -5,6 +5,7 @@ certificates rotated while the server runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -25,7 +26,9 @@ from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
 from tests.certificates import Authority
 from tests.conftest import server_config
+from tests.rest_helpers import error_of, running_bridge
 from tests.server_process import REPO, ServerProcess
+from tests.test_server import GRPCURL
 from tests.waiting import until
 
 TOKENS = "# callers\nalpha-token\n\n  beta-token  \n"
@@ -169,6 +172,24 @@ async def test_clip_embed_against_tls_client_certificates_and_a_token(
     assert usage.value.code == 2
 
 
+async def test_the_bridge_reaches_a_tls_and_token_server(
+        tiny_clip_dir, tiny_clip, pki, token_file, tmp_path):
+    server = pki["server"]
+    bridge_token = tmp_path / "bridge-token"
+    bridge_token.write_text("beta-token\n")
+    async with secured(tiny_clip_dir, tiny_clip, tls_cert=str(server.cert),
+                       tls_key=str(server.key), auth_token_file=str(token_file)) as running:
+        tls = {"grpc_root_cert": str(pki["ca"].cert)}
+        async with running_bridge(running.target, grpc_auth_token_file=str(bridge_token),
+                                  **tls) as bridge:
+            answer = await bridge.post_json("/v1/embed", {"items": [{"text": "a red square"}]})
+            assert answer.code == 200, answer.body
+        async with running_bridge(running.target, **tls) as tokenless:
+            answer = await tokenless.post_json("/v1/embed", {"items": [{"text": "a"}]})
+            assert (answer.code, error_of(answer)["code"]) == (503, "UNAVAILABLE")
+            assert "token was refused" in error_of(answer)["message"]
+
+
 # ---- tokens ---------------------------------------------------------------------------------
 async def test_a_token_removed_from_the_file_stops_working(tiny_clip_dir, tiny_clip, token_file):
     async with secured(tiny_clip_dir, tiny_clip, auth_token_file=str(token_file)) as running:
@@ -218,6 +239,25 @@ async def test_health_stays_open_and_reflection_follows_its_flag(
             assert anonymous == with_token
         else:
             assert anonymous == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_grpcurl_with_a_ca_and_a_token(tiny_clip_dir, tiny_clip, pki, token_file):
+    server = pki["server"]
+    async with secured(tiny_clip_dir, tiny_clip, tls_cert=str(server.cert),
+                       tls_key=str(server.key), auth_token_file=str(token_file),
+                       reflection="auth") as running:
+        def grpcurl(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([GRPCURL, "-cacert", str(pki["ca"].cert), *args],
+                                  capture_output=True, text=True, timeout=60)
+
+        token = ("-H", "authorization: Bearer alpha-token")
+        listed = await asyncio.to_thread(grpcurl, *token, running.target, "list")
+        assert "clip_grpc.v1.ClipService" in listed.stdout.split(), listed.stderr
+        info = await asyncio.to_thread(
+            grpcurl, *token, running.target, "clip_grpc.v1.ClipService/Info")
+        assert json.loads(info.stdout)["embedding_dim"] == 16, info.stderr
+        refused = await asyncio.to_thread(grpcurl, running.target, "list")
+        assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
 
 
 # ---- rotation -------------------------------------------------------------------------------

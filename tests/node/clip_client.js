@@ -2,6 +2,11 @@
 // then embeds a text, an image file and a corrupt image, and prints what it got as JSON.
 //
 //   node tests/node/clip_client.js HOST:PORT "a text" path/to/image.png
+//
+// Against a server with TLS and tokens (clip-grpc --tls-cert ... --auth-token-file ...), set
+//   CLIP_GRPC_ROOT_CERT=ca.pem          PEM roots that sign the server's certificate (TLS on)
+//   CLIP_GRPC_CLIENT_CERT / _KEY        the client's certificate and key, for mTLS
+//   CLIP_GRPC_TOKEN=...                 sent as "authorization: Bearer <token>" on every call
 "use strict";
 
 const fs = require("fs");
@@ -16,10 +21,24 @@ function load(file, includeDirs) {
   return grpc.loadPackageDefinition(protoLoader.loadSync(file, { ...LOADER_OPTIONS, includeDirs }));
 }
 
+function credentials() {
+  const read = (name) => (process.env[name] ? fs.readFileSync(process.env[name]) : null);
+  const roots = read("CLIP_GRPC_ROOT_CERT");
+  if (!roots) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(roots, read("CLIP_GRPC_CLIENT_KEY"), read("CLIP_GRPC_CLIENT_CERT"));
+}
+
+// Per-call metadata rather than call credentials: grpc-js only composes those with TLS.
+function metadata() {
+  const md = new grpc.Metadata();
+  if (process.env.CLIP_GRPC_TOKEN) md.set("authorization", `Bearer ${process.env.CLIP_GRPC_TOKEN}`);
+  return md;
+}
+
 function call(client, method, request) {
   const deadline = new Date(Date.now() + 10000);
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+    client[method](request, metadata(), { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
   });
 }
 
@@ -41,15 +60,15 @@ function describe(result) {
 async function main() {
   const [target, text, imagePath] = process.argv.slice(2);
   if (!target || !text || !imagePath) throw new Error("usage: clip_client.js HOST:PORT TEXT IMAGE");
-  const credentials = grpc.credentials.createInsecure();
+  const channelCredentials = credentials();
   const clip = load("clip_grpc/v1/clip.proto", [path.join(REPO, "proto")]).clip_grpc.v1;
   const health = load("health.proto", [__dirname]).grpc.health.v1;
 
-  const healthClient = new health.Health(target, credentials);
+  const healthClient = new health.Health(target, channelCredentials);
   const overall = await call(healthClient, "Check", { service: "" });
   const service = await call(healthClient, "Check", { service: "clip_grpc.v1.ClipService" });
 
-  const clipClient = new clip.ClipService(target, credentials);
+  const clipClient = new clip.ClipService(target, channelCredentials);
   const items = [
     { id: "text", text },
     { id: "image", image: fs.readFileSync(imagePath) },
