@@ -16,11 +16,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from clip_grpc.engine import GRACE_OVER
 from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2 as pb
 from clip_grpc.v1 import clip_pb2_grpc
 from tests.conftest import server_config
+from tests.scripted_model import scripted
 from tests.server_process import ServerProcess
+from tests.waiting import until
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -143,6 +146,31 @@ async def test_when_the_grace_runs_out_what_is_left_is_refused_not_lost(server):
     assert grace_over, "the queue should not have finished within 1.5 s"
     assert exit_code == 0 and time.monotonic() - signalled < 30
     assert "grace period over: refusing what is left" in server.messages()
+
+
+async def test_queued_items_get_grace_over_not_silence_when_the_grace_runs_out(
+    tiny_clip_dir, tiny_clip, monkeypatch
+):
+    # Deterministic, where the test above depends on the queue being slower than its grace:
+    # the model holds one batch until the grace is over, so every other call is still queued.
+    images = scripted(monkeypatch, "embed_images")
+    config = server_config(tiny_clip_dir, preprocess_workers=2)
+    async with running_server(config, tiny_clip) as running, \
+            grpc.aio.insecure_channel(running.target) as channel:  # fmt: skip
+        stub = clip_pb2_grpc.ClipServiceStub(channel)
+        release = images.hold_next()
+        one_image = pb.EmbedRequest(items=embed_request(0, 64).items[:1])  # a batch on its own
+        held = asyncio.ensure_future(stub.Embed(one_image))
+        await images.wait_holding()
+        calls = [asyncio.ensure_future(stub.Embed(embed_request(i, 64))) for i in range(1, 41)]
+        await until(lambda: running.engine.image_batcher.queued() == 160)  # 40 calls x 4 items
+        stopping = asyncio.create_task(running.stop(grace=2))
+        await until(lambda: running.engine.refusing)  # the grace is over: the queue refused
+        release.set()  # the batch in the model finishes (within the last second): it had started
+        outcomes = [await outcome(call) for call in calls]
+        assert [r.embedding.dim for r in (await held).results] == [16]
+        await asyncio.wait_for(stopping, 60)
+    assert outcomes == [(UNAVAILABLE.name, GRACE_OVER)] * 40
 
 
 async def test_new_calls_get_unavailable_and_health_not_serving_while_draining(

@@ -6,57 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clip_grpc.model.encoder import Encoder
 from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2 as pb
 from clip_grpc.v1 import clip_pb2_grpc
 from tests.conftest import image_bytes, server_config
+from tests.scripted_model import scripted
 from tests.waiting import until
 
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity)"
 
 
-class ScriptedTexts:
-    """Stands in for Encoder.embed_texts: once armed, the next text batch is held in the model
-    (so that the items sent meanwhile queue up behind it, to form one batch) and the batch
-    after it fails as CUDA's out-of-memory does. Every other batch runs the real model."""
-
-    def __init__(self):
-        self.real = Encoder.embed_texts
-        self.hold: threading.Event | None = None
-        self.holding = threading.Event()
-        self.fail_next = False
-        self.failed_sizes: list[int] = []
-
-    def arm(self) -> threading.Event:
-        self.hold, self.fail_next = threading.Event(), True
-        return self.hold
-
-    def run(self, encoder, token_ids):
-        if self.hold is not None:
-            hold, self.hold = self.hold, None
-            self.holding.set()
-            hold.wait(120)
-        elif self.fail_next:
-            self.fail_next = False
-            self.failed_sizes.append(len(token_ids))
-            raise RuntimeError(OOM)
-        return self.real(encoder, token_ids)
-
-
 @pytest.fixture
 def scripted_texts(monkeypatch):
-    script = ScriptedTexts()
-    # Before the server starts: its batchers take the encoder's method when the engine is built.
-    monkeypatch.setattr(Encoder, "embed_texts", lambda encoder, ids: script.run(encoder, ids))
-    return script
+    return scripted(monkeypatch, "embed_texts")
 
 
 def texts(*names: str) -> list[pb.Item]:
@@ -77,9 +45,10 @@ async def test_an_out_of_memory_batch_fails_its_items_alone_and_the_server_goes_
     async with running_server(config, tiny_clip) as running, \
             grpc.aio.insecure_channel(running.target) as channel:  # fmt: skip
         stub = clip_pb2_grpc.ClipServiceStub(channel)
-        release = scripted_texts.arm()
+        release = scripted_texts.hold_next()
+        scripted_texts.fail_next(RuntimeError(OOM))
         blocker = asyncio.ensure_future(stub.Embed(pb.EmbedRequest(items=texts("blocker"))))
-        assert await asyncio.to_thread(scripted_texts.holding.wait, 120)
+        await scripted_texts.wait_holding()
         # Three callers, two unary and a stream, whose texts queue behind the held batch.
         more = asyncio.Event()
 
