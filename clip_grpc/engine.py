@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from .model.texts import TextTokenizer
 from .scores import clip_score
 
 log = logging.getLogger(__name__)
+# Images per hand-off to a preprocess thread: a message's images spread over the threads, and
+# each hand-off's cost is shared by a few. Texts: a message's texts (up to this many) in one.
+IMAGES_PER_HANDOFF = 4
+TEXTS_PER_HANDOFF = 256
 GRACE_OVER = (
     "the server shut down before this was embedded (the shutdown grace period ran out); retry"
 )
@@ -141,9 +146,26 @@ class Engine:
         finally:
             self.in_flight -= count
 
-    def _tokenize(self, text: str, truncate: bool) -> list[int]:
+    def _tokenize_many(
+        self, texts: list[str], gone: threading.Event, truncate: bool
+    ) -> list[list[int] | ClipError]:
         self._check_not_refusing()
-        return self.tokenize(text, truncate)
+        return self.tokenize.many(texts, truncate)
+
+    def _prepare_images(
+        self, images: list[bytes], gone: threading.Event
+    ) -> list[np.ndarray | BaseException]:
+        """In a preprocess thread: each image decoded and normalised, or what it alone met;
+        the rest are left when the caller has gone away."""
+        prepared: list[np.ndarray | BaseException] = []
+        for data in images:
+            if gone.is_set():
+                break
+            try:
+                prepared.append(self._prepare_image(data))
+            except Exception as error:  # this item fails, the others go on
+                prepared.append(error)
+        return prepared
 
     def _prepare_image(self, data: bytes) -> np.ndarray:
         self._check_not_refusing()
@@ -155,37 +177,71 @@ class Engine:
         )
         return transform(image)
 
-    async def embed_one(self, item: Input, truncate: bool) -> np.ndarray:
-        """The raw feature vector of one item. Raises ClipError for bad input."""
+    async def _embed_chunk(self, modality: str, prepare, inputs: list, raw: bool, *args) -> list:
+        """One hand-off to a preprocess thread for all of inputs, one chunk to the batcher for
+        those that prepared well: an outcome per input (vector, or the exception it met)."""
         loop = asyncio.get_running_loop()
-        if item.image is not None:
-            modality, prepare, args = "image", self._prepare_image, (item.image,)
-        elif item.text is not None:
-            modality, prepare, args = "text", self._tokenize, (item.text, truncate)
-        else:
-            raise InvalidInput("item has neither text nor image", "content")
         started = time.perf_counter()
-        self.items_in_flight[modality] += 1
+        self.items_in_flight[modality] += len(inputs)
+        gone = threading.Event()
         try:
-            prepared = await loop.run_in_executor(self._preprocess_pool, prepare, *args)
+            prepared = await loop.run_in_executor(
+                self._preprocess_pool, prepare, inputs, gone, *args
+            )
             preprocess_s = time.perf_counter() - started
             self._check_not_refusing()
-            output, queue_s, forward_s = await self.batchers[modality].submit_timed(prepared)
+            good = [i for i, p in enumerate(prepared) if not isinstance(p, BaseException)]
+            if not good:
+                return prepared
+            outputs, queue_s, forward_s = await self.batchers[modality].submit_many_timed(
+                [prepared[i] for i in good]
+            )
+        except asyncio.CancelledError:
+            gone.set()
+            raise
         finally:
-            self.items_in_flight[modality] -= 1
-        self.metrics.item_done(modality, preprocess_s, queue_s)
+            self.items_in_flight[modality] -= len(inputs)
+        vectors = outputs if raw else l2_normalize(outputs)
+        for i, vector in zip(good, vectors, strict=True):
+            prepared[i] = vector
+            self.metrics.item_done(modality, preprocess_s, queue_s)
         if (call_times := stages.current.get()) is not None:
             call_times.item(preprocess_s, queue_s, forward_s)
-        return output
+        return prepared
+
+    async def _embed_all(self, items: list[Input], raw: bool, truncate: bool) -> list:
+        """An outcome per item: a vector or the exception it met. A message's texts go in one
+        hand-off; its images in hand-offs of IMAGES_PER_HANDOFF, so threads decode in parallel."""
+        outcomes: list = [None] * len(items)
+        images = [i for i, item in enumerate(items) if item.image is not None]
+        texts = [i for i, item in enumerate(items) if item.image is None and item.text is not None]
+        for i, item in enumerate(items):
+            if item.image is None and item.text is None:
+                outcomes[i] = InvalidInput("item has neither text nor image", "content")
+        groups = [texts[k : k + TEXTS_PER_HANDOFF] for k in range(0, len(texts), TEXTS_PER_HANDOFF)]
+        jobs = [
+            self._embed_chunk("text", self._tokenize_many, [items[i].text for i in group], raw,
+                              truncate)
+            for group in groups
+        ]
+        image_groups = [images[k : k + IMAGES_PER_HANDOFF]
+                        for k in range(0, len(images), IMAGES_PER_HANDOFF)]
+        jobs += [
+            self._embed_chunk("image", self._prepare_images, [items[i].image for i in group], raw)
+            for group in image_groups
+        ]
+        for group, done in zip(groups + image_groups,
+                               await asyncio.gather(*jobs, return_exceptions=True), strict=True):
+            for position, i in enumerate(group):  # a chunk that failed whole fails each item
+                outcomes[i] = done if isinstance(done, BaseException) else done[position]
+        return outcomes
 
     async def embed(
         self, items: list[Input], raw: bool = False, truncate: bool = False
     ) -> list[np.ndarray | ClipError]:
         """One outcome per item, in order: a vector, or the error that item alone met."""
         with self.admit(len(items)):
-            outcomes = await asyncio.gather(
-                *(self.embed_one(item, truncate) for item in items), return_exceptions=True
-            )
+            outcomes = await self._embed_all(items, raw, truncate)
         for outcome in outcomes:
             if isinstance(outcome, ShuttingDown):  # the whole call is refused, to be retried
                 raise outcome
@@ -201,7 +257,7 @@ class Engine:
                 self.metrics.item_failed(ClipError.code.name)
                 results.append(ClipError("internal error while embedding this item"))
             else:
-                results.append(outcome if raw else l2_normalize(outcome))
+                results.append(outcome)
         return results
 
     async def rank(self, query: Input, candidates: list[Input], truncate: bool) -> list[Ranked]:

@@ -4,6 +4,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from clip_grpc.batching import Batcher
@@ -142,3 +143,65 @@ async def test_a_failing_batch_fails_its_items_and_the_batcher_goes_on(make_batc
     with pytest.raises(RuntimeError, match="boom"):
         await batcher.submit(1)
     assert await batcher.submit(2) == 2
+
+
+async def test_chunks_are_cut_across_batches_and_come_back_whole_and_in_order(make_batcher):
+    model = RecordingModel()
+    batcher = make_batcher(model, max_batch_size=4, max_wait_s=0.0)
+    model.release.clear()
+    blocker = asyncio.create_task(batcher.submit(100))
+    await model.wait_running()
+    chunks = [list(range(0, 3)), list(range(10, 16)), [20]]
+    tasks = [asyncio.create_task(batcher.submit_many_timed(c)) for c in chunks]
+    await until(lambda: batcher.queued() == 10)
+    model.release.set()
+    await blocker
+    results = [outputs for outputs, _, _ in await asyncio.gather(*tasks)]
+    assert results == [[2 * p for p in chunk] for chunk in chunks]
+    assert model.batches == [[100], [0, 1, 2, 10], [11, 12, 13, 14], [15, 20]]
+
+
+async def test_a_chunk_of_arrays_gets_its_rows_of_the_output_array(make_batcher):
+    batcher = make_batcher(lambda payloads: np.stack(payloads) * 2, max_batch_size=2)
+    outputs, queue_s, forward_s = await batcher.submit_many_timed([np.full(3, i) for i in range(5)])
+    np.testing.assert_array_equal(outputs, 2 * np.repeat(np.arange(5), 3).reshape(5, 3))
+    assert queue_s >= 0 and forward_s >= 0
+
+
+async def test_a_cancelled_chunk_is_dropped_even_when_partly_run(make_batcher):
+    model = RecordingModel()
+    batcher = make_batcher(model, max_batch_size=2, max_wait_s=0.0)
+    model.release.clear()
+    gone = asyncio.create_task(batcher.submit_many_timed([1, 2, 3, 4, 5]))
+    await model.wait_running()  # [1, 2] is in the model
+    kept = asyncio.create_task(batcher.submit_many_timed([7]))
+    await until(lambda: batcher.queued() == 4)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    model.release.set()
+    assert (await kept)[0] == [14]
+    assert model.batches == [[1, 2], [7]]
+
+
+async def test_a_failing_batch_fails_only_the_chunks_in_it(make_batcher):
+    class FailsOn13(RecordingModel):
+        def __call__(self, payloads):
+            outputs = super().__call__(payloads)
+            if 13 in payloads:
+                raise RuntimeError("boom")
+            return outputs
+
+    model = FailsOn13()
+    batcher = make_batcher(model, max_batch_size=4, max_wait_s=0.0)
+    model.release.clear()
+    blocker = asyncio.create_task(batcher.submit(100))
+    await model.wait_running()
+    chunks = ([1, 2, 12], [13, 3], [4], [5])
+    tasks = [asyncio.create_task(batcher.submit_many_timed(c)) for c in chunks]
+    await until(lambda: batcher.queued() == 7)
+    model.release.set()
+    await blocker
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [isinstance(o, RuntimeError) for o in outcomes] == [True, True, False, False]
+    assert [o[0] for o in outcomes[2:]] == [[8], [10]]
+    assert model.batches == [[100], [1, 2, 12, 13], [4, 5]]  # the rest of [13, 3] is dropped

@@ -11,7 +11,7 @@ from transformers import CLIPImageProcessor
 from clip_grpc.engine import Engine, Input
 from clip_grpc.errors import InvalidInput, Overloaded
 from clip_grpc.model.loading import load_model
-from tests.conftest import server_config
+from tests.conftest import image_bytes, server_config
 from tests.model_factory import save_vit_b32
 
 SENTENCES = [
@@ -123,3 +123,25 @@ async def test_parity_with_transformers_at_vit_b32_dimensions(vit_b32):
     np.testing.assert_allclose(
         np.stack([a[0] for a in alone]), expected_texts.numpy(), atol=1e-5
     )
+
+
+async def test_a_message_of_mixed_items_keeps_its_order_and_its_bad_items_fail_alone(
+        tiny_engine):
+
+    pictures = [image_bytes(size=(40 + i, 30)) for i in range(11)]  # 3 hand-offs of images
+    items = [Input(f"i{i}", image=p) for i, p in enumerate(pictures)]
+    items.insert(5, Input("bad", image=b"not an image"))
+    items.insert(2, Input("t", text="a photo of a cat"))
+    items.insert(0, Input("empty", text=" "))
+    items.append(Input("none"))
+    together = await tiny_engine.embed(items)
+    alone = [(await tiny_engine.embed([item]))[0] for item in items]
+    for item, batched, single in zip(items, together, alone, strict=True):
+        if isinstance(single, InvalidInput):
+            assert isinstance(batched, InvalidInput), item.id
+            assert (batched.message, batched.field) == (single.message, single.field)
+        else:
+            np.testing.assert_allclose(batched, single, atol=1e-5, err_msg=item.id)
+    errors = {item.id: o.field for item, o in zip(items, together, strict=True)
+              if isinstance(o, InvalidInput)}
+    assert errors == {"empty": "text", "bad": "image", "none": "content"}
