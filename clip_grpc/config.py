@@ -46,6 +46,9 @@ class ServerConfig:
         0, "most texts in one forward pass (0: --max-batch-size if given, else by device: "
         f"{DEVICE_BATCH_LIMITS['cpu']['text']} on CPU, {DEVICE_BATCH_LIMITS['cuda']['text']} "
         "on CUDA)", minimum=0)
+    compile: bool = setting(
+        False, "torch.compile the model for fixed batch sizes (powers of two up to each batch "
+        "limit; CUDA graphs on CUDA), all compiled at start: slower start, faster batches")
     # Matters only while the model is idle: under load batches fill as the previous one runs.
     max_wait_ms: float = setting(
         1.0, "longest an item waits for its batch to fill while the model is idle", minimum=0)

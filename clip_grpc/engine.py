@@ -68,7 +68,7 @@ class Engine:
         self.batch_limits = batch_limits(config, loaded.device)  # {"image": n, "text": m}
         self.metrics = metrics or ServerMetrics()
         self.metrics.use_batch_limits(self.batch_limits)
-        self.encoder = Encoder(loaded)
+        self.encoder = Encoder(loaded, self.batch_limits, config.compile)
         self.tokenize = TextTokenizer(
             loaded.tokenizer, loaded.context_length, config.max_text_chars
         )
@@ -93,6 +93,8 @@ class Engine:
     async def start(self) -> None:
         """Start the batchers and run one warm-up batch of each kind through the model."""
         self._model_thread.submit(torch.set_grad_enabled, False).result()
+        # --compile: every batch size is compiled now, in the thread that will run it.
+        await asyncio.get_running_loop().run_in_executor(self._model_thread, self.encoder.warm_up)
         self.image_batcher.start()
         self.text_batcher.start()
         height, width = self.loaded.image_transform.output_hw

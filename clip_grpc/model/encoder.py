@@ -1,11 +1,26 @@
-"""The forward pass: batches of pixels or token ids -> raw feature vectors (float32 numpy)."""
+"""The forward pass: batches of pixels or token ids -> raw feature vectors (float32 numpy).
+
+On CUDA a batch is written straight into a page-locked (pinned) host buffer, reused batch after
+batch, and copied to the GPU without blocking; the features come back in one copy per batch. On
+CPU the batch is a plain array, as it always was. With `compile`, batches pad up to fixed sizes
+that torch.compile built at start (clip_grpc/model/compiled.py).
+"""
 
 from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import StartupError
+from .compiled import bucket_for, buckets_up_to, check_compile_possible, compile_forward
 from .loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 def _features(output) -> torch.Tensor:
@@ -13,10 +28,33 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+class HostBuffers:
+    """Host memory to build batches in, one buffer per input name, kept and reused (grown when a
+    batch needs more), page-locked when the model is on CUDA.
+
+    Reuse is safe: the model thread writes batch N+1 only after batch N's features were copied
+    back, and on CUDA that copy waits for everything queued before it, batch N's upload included.
+    """
+
+    def __init__(self, pin_memory: bool):
+        self.pin_memory = pin_memory
+        self._kept: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of this shape to fill (through .numpy()); what it holds is undefined."""
+        size = math.prod(shape)
+        kept = self._kept.get(name)
+        if kept is None or kept.numel() < size or kept.dtype != dtype:
+            kept = torch.empty(size, dtype=dtype, pin_memory=self.pin_memory)
+            self._kept[name] = kept
+        return kept[:size].view(shape)
+
+
 class Encoder:
     """Runs the model. Call it from one thread only: the server's dedicated model thread."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, batch_limits: Mapping[str, int] | None = None,
+                 compile: bool = False):
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
@@ -27,28 +65,84 @@ class Encoder:
         self.pad_to_context = loaded.family == "siglip"
         # A tokenizer that pads on the left (as Gemma's may) moves the text to the end.
         self.pad_left = self.pad_to_context and loaded.padding_side == "left"
+        self.on_cuda = self.device.type == "cuda"
+        self.host = HostBuffers(pin_memory=self.on_cuda)
+        self.buckets: dict[str, tuple[int, ...]] | None = None
+        self._image_forward = self.model.get_image_features
+        self._text_forward = self.model.get_text_features
+        if compile:
+            if batch_limits is None:
+                raise ValueError("compile needs the batch limits, to know its batch sizes")
+            check_compile_possible(self.device)
+            self.buckets = {m: buckets_up_to(n) for m, n in batch_limits.items()}
+            self._image_forward = compile_forward(
+                self.model.get_image_features, self.device, len(self.buckets["image"]))
+            self._text_forward = compile_forward(
+                self.model.get_text_features, self.device, len(self.buckets["text"]))
 
-    def embed_images(self, pixels: list[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(np.stack(pixels))
-        batch = batch.to(self.device, self.dtype, non_blocking=True)
+    def _rows(self, modality: str, count: int) -> int:
+        """Rows in the batch the model sees: count, or its bucket when compiled."""
+        return count if self.buckets is None else bucket_for(count, self.buckets[modality])
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        return host.to(self.device, non_blocking=True) if self.on_cuda else host
+
+    def _run(self, forward, count: int, **inputs) -> np.ndarray:
+        if self.on_cuda and self.buckets is not None:
+            torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are copied
         with torch.inference_mode():
-            features = _features(self.model.get_image_features(pixel_values=batch))
-        return features.float().cpu().numpy()
+            features = _features(forward(**inputs))
+        return features[:count].float().cpu().numpy()  # one copy back, padding rows left out
 
-    def text_batch(self, token_ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = self.loaded.context_length if self.pad_to_context else max(map(len, token_ids))
-        ids = np.full((len(token_ids), width), self.loaded.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    def image_batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        rows = self._rows("image", len(pixels))
+        host = self.host.get("pixel_values", (rows, *pixels[0].shape), torch.float32)
+        array = host.numpy()
+        np.stack(pixels, out=array[:len(pixels)])
+        array[len(pixels):] = 0
+        return self._upload(host).to(self.dtype)
+
+    def embed_images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        return self._run(self._image_forward, len(pixels), pixel_values=self.image_batch(pixels))
+
+    def text_batch(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        count, rows = len(token_ids), self._rows("text", len(token_ids))
+        full = self.pad_to_context or self.buckets is not None  # compiled: one static width
+        width = self.loaded.context_length if full else max(map(len, token_ids))
+        ids = self.host.get("input_ids", (rows, width), torch.int64)
+        mask = self.host.get("attention_mask", (rows, width), torch.int64)
+        ids_array, mask_array = ids.numpy(), mask.numpy()
+        ids_array.fill(self.loaded.pad_token_id)
+        mask_array.fill(0)
         for row, tokens in enumerate(token_ids):
             where = slice(width - len(tokens), width) if self.pad_left else slice(0, len(tokens))
-            ids[row, where] = tokens
-            mask[row, where] = 1
-        batch = {"input_ids": torch.from_numpy(ids).to(self.device)}
+            ids_array[row, where] = tokens
+            mask_array[row, where] = 1
+        ids_array[count:], mask_array[count:] = ids_array[0], mask_array[0]  # padding rows
+        batch = {"input_ids": self._upload(ids)}
         if not self.pad_to_context:
-            batch["attention_mask"] = torch.from_numpy(mask).to(self.device)
+            batch["attention_mask"] = self._upload(mask)
         return batch
 
-    def embed_texts(self, token_ids: list[list[int]]) -> np.ndarray:
-        with torch.inference_mode():
-            features = _features(self.model.get_text_features(**self.text_batch(token_ids)))
-        return features.float().cpu().numpy()
+    def embed_texts(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        return self._run(self._text_forward, len(token_ids), **self.text_batch(token_ids))
+
+    def warm_up(self) -> None:
+        """Compile every bucket now (at start, not on a caller's time), and log how long."""
+        if self.buckets is None:
+            return
+        height, width = self.loaded.image_transform.output_hw
+        image = np.zeros((3, height, width), dtype=np.float32)
+        for modality, run, item in (("image", self.embed_images, image),
+                                    ("text", self.embed_texts, [0])):
+            started = time.perf_counter()
+            try:
+                for size in self.buckets[modality]:
+                    run([item] * size)
+            except Exception as error:  # torch raises many kinds; the server must say why
+                raise StartupError(
+                    f"--compile: torch.compile failed on the {modality} tower: {error}"
+                ) from error
+            log.info("compiled", extra={
+                "modality": modality, "batch_sizes": list(self.buckets[modality]),
+                "compile_seconds": round(time.perf_counter() - started, 1)})

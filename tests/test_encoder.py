@@ -1,0 +1,131 @@
+"""The encoder's device handling: reused (on CUDA pinned) host buffers, bucket padding, --compile.
+
+No GPU here: the CUDA choices are checked as choices, and every path that runs on a GPU (buffer
+reuse, padding to buckets, torch.compile) runs here on the CPU against the plain forward pass.
+"""
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clip_grpc.engine import Engine, Input
+from clip_grpc.errors import StartupError
+from clip_grpc.model import compiled
+from clip_grpc.model.encoder import Encoder, HostBuffers
+from tests.conftest import image_bytes, server_config
+
+SENTENCES = ["a dog", "a photo of a red circle on a blue background", "x",
+             "Two people riding bicycles along a river at sunset, with mountains behind them",
+             "a cat"]
+
+
+def pixels(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((3, 32, 32)).astype(np.float32) for _ in range(count)]
+
+
+def reference_images(model, batch: list[np.ndarray]) -> np.ndarray:
+    """What the encoder always did: stack, forward, back to numpy."""
+    with torch.inference_mode():
+        out = model.get_image_features(pixel_values=torch.from_numpy(np.stack(batch)))
+    return (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
+
+
+def token_ids(loaded, texts) -> list[list[int]]:
+    return [loaded.tokenizer(t).input_ids for t in texts]
+
+
+def test_buffers_are_reused_grown_and_pinned_only_for_cuda(tiny_clip):
+    buffers = HostBuffers(pin_memory=False)
+    first = buffers.get("x", (4, 3), torch.float32)
+    smaller = buffers.get("x", (2, 3), torch.float32)
+    assert smaller.data_ptr() == first.data_ptr() and smaller.shape == (2, 3)
+    bigger = buffers.get("x", (8, 3), torch.float32)
+    assert bigger.shape == (8, 3) and buffers.get("x", (4, 3), torch.float32).data_ptr() == \
+        bigger.data_ptr()
+    assert buffers.get("y", (4, 3), torch.int64).data_ptr() != bigger.data_ptr()
+    assert Encoder(tiny_clip).host.pin_memory is False
+    on_gpu = dataclasses.replace(tiny_clip, device=torch.device("cuda", 0))
+    assert Encoder(on_gpu).host.pin_memory is True  # built without touching a GPU
+
+
+def test_images_through_reused_buffers_equal_the_plain_forward_pass(tiny_clip):
+    encoder = Encoder(tiny_clip)
+    for count, seed in ((5, 0), (2, 1), (5, 2), (7, 3)):
+        batch = pixels(count, seed)
+        np.testing.assert_array_equal(encoder.embed_images(batch),
+                                      reference_images(tiny_clip.model, batch))
+
+
+def test_texts_through_reused_buffers_equal_a_fresh_encoder(tiny_clip):
+    used = Encoder(tiny_clip)
+    used.embed_texts(token_ids(tiny_clip, ["a much longer sentence to fill the buffers " * 3]))
+    for texts in (SENTENCES, SENTENCES[:2], SENTENCES[2:]):
+        ids = token_ids(tiny_clip, texts)
+        np.testing.assert_array_equal(used.embed_texts(ids), Encoder(tiny_clip).embed_texts(ids))
+
+
+def test_a_batch_padded_to_its_bucket_gives_the_unpadded_results(tiny_clip):
+    plain, padded = Encoder(tiny_clip), Encoder(tiny_clip)
+    padded.buckets = {"image": (8,), "text": (8,)}  # what --compile does, without compiling
+    batch, ids = pixels(3), token_ids(tiny_clip, SENTENCES)
+    images = padded.embed_images(batch)
+    assert images.shape == (3, 16)
+    np.testing.assert_allclose(images, plain.embed_images(batch), atol=1e-5)
+    texts = padded.embed_texts(ids)  # 5 rows padded to 8, each to the context length
+    assert texts.shape == (5, 16) and padded.text_batch(ids)["input_ids"].shape == (8, 77)
+    np.testing.assert_allclose(texts, plain.embed_texts(ids), atol=1e-5)
+
+
+def test_buckets_are_powers_of_two_up_to_the_limit():
+    assert compiled.buckets_up_to(1) == (1,)
+    assert compiled.buckets_up_to(32) == (1, 2, 4, 8, 16, 32)
+    assert compiled.buckets_up_to(100) == (1, 2, 4, 8, 16, 32, 64, 100)
+    buckets = compiled.buckets_up_to(100)
+    assert [compiled.bucket_for(n, buckets) for n in (1, 3, 64, 65, 100)] == [1, 4, 64, 100, 100]
+
+
+def test_compile_without_a_compiler_stops_startup_with_the_reason(monkeypatch, tiny_clip):
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(StartupError, match="--compile on CPU needs a C\\+\\+ compiler"):
+        Encoder(tiny_clip, {"image": 2, "text": 2}, compile=True)
+    monkeypatch.setattr(compiled.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(StartupError, match="--compile on CUDA needs triton"):
+        compiled.check_compile_possible(torch.device("cuda"))
+    with pytest.raises(StartupError, match="not mps"):
+        compiled.check_compile_possible(torch.device("mps"))
+
+
+async def test_compiled_embeddings_equal_the_eager_ones(tiny_clip_dir, tiny_clip, caplog):
+    # Compiling on 2 shared cores takes most of a minute: one image bucket, two text buckets.
+    config = server_config(tiny_clip_dir, compile=True, max_image_batch_size=1,
+                           max_text_batch_size=2)
+    items = [Input("i", image=image_bytes())] + [Input(str(i), text=t)
+                                                  for i, t in enumerate(SENTENCES[:3])]
+    eager = Engine(tiny_clip, server_config(tiny_clip_dir))
+    await eager.start()
+    try:
+        expected = await eager.embed(items, raw=True)
+    finally:
+        await eager.close()
+    engine = Engine(tiny_clip, config)
+    assert engine.encoder.buckets == {"image": (1,), "text": (1, 2)}
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="clip_grpc.model.encoder"):
+        await engine.start()  # compiles every bucket
+    compile_seconds = time.perf_counter() - started
+    try:
+        got = await engine.embed(items, raw=True)
+    finally:
+        await engine.close()
+    logged = {r.modality: r for r in caplog.records if r.getMessage() == "compiled"}
+    assert logged["image"].batch_sizes == [1] and logged["text"].batch_sizes == [1, 2]
+    assert logged["text"].compile_seconds >= 0
+    assert engine.encoder._text_forward is not tiny_clip.model.get_text_features
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=1e-5)
+    print(f"compiled in {compile_seconds:.1f} s")
