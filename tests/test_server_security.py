@@ -119,6 +119,10 @@ async def test_tls_and_tokens(tiny_clip_dir, tiny_clip, pki, token_file, caplog)
             jina = channel.stream_stream("/jina.JinaRPC/Call")
             error = await failure(jina(iter([b""]), timeout=20).read())
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            # clip_client sends its credential as it is: {"Authorization": "Bearer <token>"}.
+            bearer = (("authorization", "Bearer alpha-token"),)
+            answered = await jina(iter([b""]), metadata=bearer, timeout=20).read()
+            assert isinstance(answered, bytes)
 
         refused = running.metrics.registry.get_sample_value(
             "clip_grpc_rpcs_total", {"method": "Info", "code": "UNAUTHENTICATED"})
@@ -288,20 +292,29 @@ async def test_rotated_certificates_reach_new_connections(tiny_clip_dir, tiny_cl
 
 
 # ---- the real process: SIGHUP and startup errors ---------------------------------------------
-def test_sighup_rereads_the_token_file(tiny_clip_dir, token_file):
-    server = ServerProcess(tiny_clip_dir, "--auth-token-file", str(token_file))
+def test_sighup_rereads_the_token_and_certificate_files(tiny_clip_dir, token_file, pki, tmp_path):
+    _install(pki["server"], tmp_path)
+    server = ServerProcess(tiny_clip_dir, "--auth-token-file", str(token_file), "--tls-cert",
+                           str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"))
+    alpha = (("authorization", "Bearer alpha-token"),)
+
+    def info(roots):
+        credentials = grpc.ssl_channel_credentials(roots.read_bytes())
+        with grpc.secure_channel(server.target, credentials, OWN_CONNECTION) as channel:
+            call = channel.unary_unary("/clip_grpc.v1.ClipService/Info")
+            call(clip_pb2.InfoRequest().SerializeToString(), metadata=alpha, timeout=20)
+
     try:
-        server.wait_serving()
-        with grpc.insecure_channel(server.target) as channel:
-            info = channel.unary_unary("/clip_grpc.v1.ClipService/Info")
-            alpha = (("authorization", "Bearer alpha-token"),)
-            info(clip_pb2.InfoRequest().SerializeToString(), metadata=alpha, timeout=20)
-            token_file.write_text("beta-token\n")
-            server.process.send_signal(signal.SIGHUP)
-            server.wait_for_log("re-read the auth token file", timeout=30)
-            with pytest.raises(grpc.RpcError) as refused:
-                info(clip_pb2.InfoRequest().SerializeToString(), metadata=alpha, timeout=20)
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        server.wait_serving(grpc.ssl_channel_credentials(pki["ca"].cert.read_bytes()))
+        info(pki["ca"].cert)
+        token_file.write_text("beta-token\n")
+        _install(pki["other_server"], tmp_path)
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("re-read the auth token file", timeout=30)
+        server.wait_for_log("re-read the TLS certificate files", timeout=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            info(pki["other_ca"].cert)  # the new certificate, and the token no longer accepted
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         server.kill()
 
