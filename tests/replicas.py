@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -22,15 +23,17 @@ STARTUP_S = 120  # importing torch on 2 busy cores
 
 
 class Replica:
-    def __init__(self, model_dir: Path, log_dir: Path, port: int | None = None):
+    def __init__(self, model_dir: Path, log_dir: Path, port: int | None = None,
+                 metrics: bool = False):
         self.port = port or free_port()
+        self.metrics_port = free_port() if metrics else 0
         self.log_path = log_dir / f"replica-{self.port}-{time.monotonic_ns()}.log"
         env = {**os.environ, "CLIP_GRPC_MODEL": str(model_dir), "OMP_WAIT_POLICY": "PASSIVE"}
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "clip_grpc", "--host", "127.0.0.1", "--port",
                  str(self.port), "--device", "cpu", "--dtype", "fp32", "--preprocess-workers",
-                 "1", "--grace-seconds", "1", "--metrics-port", "0"],
+                 "1", "--grace-seconds", "1", "--metrics-port", str(self.metrics_port)],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
@@ -61,6 +64,14 @@ class Replica:
             self.process.kill()
             self.process.wait(timeout=30)
 
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the replica's /metrics (started with metrics=True)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith((f"{name} ", f"{name}{{")))  # fmt: skip
+
     def rpcs(self, method: str) -> list[dict]:
         """The access-log entries of `method` calls this replica finished."""
         entries = []
@@ -73,9 +84,9 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replicas(model_dir: Path, log_dir: Path, count: int):
+async def replicas(model_dir: Path, log_dir: Path, count: int, metrics: bool = False):
     """`count` replicas started side by side, all serving."""
-    started = [Replica(model_dir, log_dir) for _ in range(count)]
+    started = [Replica(model_dir, log_dir, metrics=metrics) for _ in range(count)]
     try:
         await asyncio.gather(*(replica.serving() for replica in started))
         yield started
