@@ -13,11 +13,9 @@ from clip_grpc.logs import setup_logging
 from rest_bridge.app import make_app, make_http_server
 from rest_bridge.backend import ClipBackend, open_channel
 from rest_bridge.config import BridgeConfig, parse_config
-from rest_bridge.metrics import BridgeMetrics
+from rest_bridge.drain import wait_idle
 
 log = logging.getLogger("rest_bridge")
-# How long a stopping bridge lets requests in flight finish.
-DRAIN_SECONDS = 10.0
 
 
 async def serve(config: BridgeConfig) -> None:
@@ -43,19 +41,19 @@ async def serve(config: BridgeConfig) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_files)
     await stop.wait()
 
-    log.info("stopping: no new connections; draining requests in flight")
+    log.info(
+        "stopping: no new connections or requests, /readyz 503; draining %d requests in "
+        "flight for up to %g s", app.metrics.in_flight_now(), config.grace_seconds,
+    )
     server.stop()
-    await _drain(app.metrics, DRAIN_SECONDS)
+    app.settings["drain"].start()
+    if not await wait_idle(app.metrics.in_flight_now, config.grace_seconds):
+        log.warning(
+            "grace period over: closing %d requests still in flight", app.metrics.in_flight_now()
+        )
     await server.close_all_connections()
     await channel.close()
-
-
-async def _drain(metrics: BridgeMetrics, seconds: float) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        if metrics.in_flight_now() <= 0:
-            return
-        await asyncio.sleep(0.05)
+    log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

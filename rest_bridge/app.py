@@ -9,6 +9,7 @@ from tornado.web import Application
 from rest_bridge.auth import BridgeAuth
 from rest_bridge.backend import ClipBackend
 from rest_bridge.config import BridgeConfig
+from rest_bridge.drain import Drain
 from rest_bridge.handlers.base import NotFoundHandler
 from rest_bridge.handlers.clip_form import ClipFormHandler
 from rest_bridge.handlers.embed import EmbedHandler
@@ -58,6 +59,7 @@ def make_app(
         # Every handler's API-key check and bounds (handlers/base.py).
         auth=BridgeAuth(config),
         limits=RequestLimits(config),
+        drain=Drain(),
     )
     app.metrics = metrics
     return app

@@ -44,6 +44,9 @@ class BridgeConfig:
                               choices=LOG_FORMATS)
     # Issue 9 (hardening). Memory is bounded by about max_concurrent_requests x 2 x
     # max_body_bytes.
+    grace_seconds: float = setting(
+        30.0, "how long SIGTERM waits for requests in flight before closing their connections",
+        minimum=0)
     max_concurrent_requests: int = setting(
         64, "requests handled at once (probes excluded); 429 beyond", minimum=1)
     body_timeout_s: float = setting(

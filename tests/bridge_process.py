@@ -11,12 +11,14 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.testing import bind_unused_port
 
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+from tests.waiting import until
 
 MIB = 1024 * 1024
+STARTUP_S = 120  # a loaded CI machine takes long to import grpc and tornado
 
 
 def free_port() -> int:
@@ -73,6 +75,8 @@ class BridgeProcess:
     def __init__(self, process: asyncio.subprocess.Process, base_url: str):
         self.process = process
         self.base_url = base_url
+        self.port = int(base_url.rsplit(":", 1)[1])
+        self.log_lines: list[str] = []  # its stderr: read by wait_log, the rest once it exits
 
     def rss_bytes(self, field: str = "VmRSS") -> int:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -81,30 +85,52 @@ class BridgeProcess:
                     return int(line.split()[1]) * 1024
         raise LookupError(field)
 
+    async def wait_up(self, ssl_options=None) -> None:
+        """Until /healthz answers; RuntimeError if the bridge exits first."""
+        client = AsyncHTTPClient(force_instance=True)
+
+        async def answers() -> bool:
+            try:
+                await client.fetch(self.base_url + "/healthz", ssl_options=ssl_options,
+                                   request_timeout=10)
+                return True
+            except (OSError, HTTPClientError):
+                if self.process.returncode is not None:
+                    raise RuntimeError("the bridge exited") from None
+                return False
+
+        try:
+            await until(answers, STARTUP_S, every=0.1)
+        finally:
+            client.close()
+
+    async def wait_log(self, words: str) -> str:
+        """The first line of its log (read as it comes) that holds words."""
+        async def line_with_words():
+            while line := (await self.process.stderr.readline()).decode():
+                self.log_lines.append(line.rstrip("\n"))
+                if words in line:
+                    return line
+            raise AssertionError(f"the bridge exited without logging {words!r}")
+
+        return await asyncio.wait_for(line_with_words(), STARTUP_S)
+
 
 @contextlib.asynccontextmanager
 async def bridge_process(grpc_target: str, *flags: str, scheme: str = "http", ssl_options=None):
-    """The bridge CLI on a free port; ready once /healthz answers."""
+    """The bridge CLI on a free port; ready once /healthz answers. SIGTERM when done."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rest_bridge", "--grpc-target", grpc_target,
         "--host", "127.0.0.1", "--port", str(port), *flags,
         env=dict(os.environ), stderr=asyncio.subprocess.PIPE,
     )
-    base_url = f"{scheme}://127.0.0.1:{port}"
-    client = AsyncHTTPClient(force_instance=True)
+    bridge = BridgeProcess(process, f"{scheme}://127.0.0.1:{port}")
     try:
-        for _ in range(300):
-            try:
-                await client.fetch(base_url + "/healthz", ssl_options=ssl_options)
-                break
-            except OSError:
-                if process.returncode is not None:
-                    raise RuntimeError("the bridge exited") from None
-                await asyncio.sleep(0.1)
-        client.close()
-        yield BridgeProcess(process, base_url)
+        await bridge.wait_up(ssl_options)
+        yield bridge
     finally:
         if process.returncode is None:
             process.terminate()
-        await asyncio.wait_for(process.communicate(), 30)
+        _, rest = await asyncio.wait_for(process.communicate(), STARTUP_S)
+        bridge.log_lines.extend(rest.decode().splitlines())

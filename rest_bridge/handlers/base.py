@@ -18,6 +18,7 @@ from clip_grpc.v1 import clip_pb2
 from rest_bridge.auth import BridgeAuth
 from rest_bridge.backend import ClipBackend
 from rest_bridge.config import BridgeConfig
+from rest_bridge.drain import Drain
 from rest_bridge.limits import RequestLimits, body_timeout, check_image_sizes
 from rest_bridge.metrics import BridgeMetrics
 from rest_bridge.status_map import (
@@ -45,6 +46,8 @@ class BaseHandler(RequestHandler):
     # over the bound on requests at once.
     needs_api_key = True
     counts_towards_limit = True
+    # Probes set this True: they answer for themselves while the bridge is stopping.
+    answers_while_draining = False
 
     def initialize(
         self, config: BridgeConfig, backend: ClipBackend, metrics: BridgeMetrics
@@ -63,6 +66,7 @@ class BaseHandler(RequestHandler):
         # Set by make_app (application settings, so that every handler finds them).
         self.auth: BridgeAuth = self.settings["auth"]
         self.limits: RequestLimits = self.settings["limits"]
+        self.drain: Drain = self.settings["drain"]
 
     # ---- request id -------------------------------------------------------------------
     def set_default_headers(self) -> None:
@@ -78,6 +82,8 @@ class BaseHandler(RequestHandler):
         return self._request_id
 
     def prepare(self) -> None:
+        if self.drain.started and not self.answers_while_draining:
+            raise self.drain.refusal()
         if self.needs_api_key and self.auth.api_keys is not None:
             self.auth.api_keys.check(self.request.headers)
         if self.counts_towards_limit:

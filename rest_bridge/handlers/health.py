@@ -16,6 +16,7 @@ class ProbeHandler(BaseHandler):
 
     needs_api_key = False
     counts_towards_limit = False
+    answers_while_draining = True
 
 
 class HealthzHandler(ProbeHandler):
@@ -29,6 +30,8 @@ class ReadyzHandler(ProbeHandler):
     route = "/readyz"
 
     async def get(self) -> None:
+        if self.drain.started:  # the balancer sends no more; the requests in flight finish
+            raise ApiError(503, "UNAVAILABLE", "not ready: the REST bridge is shutting down")
         try:
             reply = await self.call_grpc(
                 self.backend.health.Check,
