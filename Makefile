@@ -78,8 +78,12 @@ run: $(VENV)/.installed ## serve the demo model: gRPC on 50051, REST on 8081 (Ct
 screenshot: install test-deps ## retake docs/playground.png (the README's picture) in headless chromium
 	PLAYGROUND_SCREENSHOT=$(CURDIR)/docs/playground.png $(VENV)/bin/pytest -q tests/test_playground.py -k ranks_each
 
-bench: $(VENV)/.installed ## benchmarks (writes bench/results and BENCHMARKS.md)
-	$(PY) -m bench
+# Where the benchmark runs the model: `make bench DEVICE=cuda` on a GPU machine. BENCH_ARGS: more
+# flags for `python -m bench` (see `python -m bench --help`), e.g. BENCH_ARGS="--quick".
+DEVICE ?= cpu
+BENCH_ARGS ?=
+bench: $(VENV)/.installed ## benchmarks on DEVICE (default cpu; writes bench/results and BENCHMARKS.md)
+	$(PY) -m bench --device $(DEVICE) $(BENCH_ARGS)
 
 demo-model: $(VENV)/.installed ## retrain the shipped demo model (deterministic, ~15 min on 2 cores)
 	$(PY) -m demo.train

@@ -12,7 +12,10 @@ import statistics
 import sys
 import time
 
+import torch
+
 from clip_grpc.config import ServerConfig, batch_limits
+from clip_grpc.model.encoder import Encoder
 from clip_grpc.model.loading import load_model
 
 from . import (
@@ -35,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", action="append",
                         help="demo, vit-b32 or a model folder; repeat for several "
                              "(default: demo and vit-b32)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the server and the model-only runs put the model: cpu, "
+                             "cuda or cuda:N (default: cpu)")
     parser.add_argument("--quick", action="store_true",
                         help="short runs (a smoke test; numbers are rough)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -81,13 +87,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.server_flags = shlex.split(args.server_args)
     args.server_env = dict(pair.split("=", 1) for pair in args.server_env)
     server_config = _server_config(args.server_flags)
-    args.batch_limits = batch_limits(server_config, "cpu")  # per modality, as the server runs
-    args.dtype = server_config.dtype  # the model-only ceiling runs the model as the server does
+    check_device(parser, args.device)
+    args.batch_limits = batch_limits(server_config, args.device)  # per modality, as the server
+    # The model-only ceiling runs the model as the server does: same dtype, limits and compile.
+    args.dtype, args.compile = server_config.dtype, server_config.compile
     args.jpeg_draft = server_config.jpeg_decode == "draft"
-    args.batch_sizes = (sorted({int(b) for b in args.batch_sizes.split(",")}) if args.batch_sizes
-                        else sorted({1, 8, *args.batch_limits.values()}))
+    given = args.batch_sizes and sorted({int(b) for b in args.batch_sizes.split(",")})
+    args.batch_sizes = {kind: given or sorted({1, 8, limit})
+                        for kind, limit in args.batch_limits.items()}
     args.rest_concurrency = [int(c) for c in args.rest_concurrency.split(",")]
     return args
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a device name (cpu, cuda or cuda:N)")
+    if kind not in ("cpu", "cuda"):
+        parser.error(f"--device {device!r}: the bench runs on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch {torch.__version__} sees no CUDA device here")
 
 
 def _server_config(flags: list[str]) -> ServerConfig:
@@ -227,16 +247,22 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
     """Rounds of (model-only, then end to end), so both see the same machine load; then the
     step costs and the REST bridge once."""
     folder, description = models.resolve(name)
-    print(f"\n== {name}: {description} ({folder}); {_load_note()}", flush=True)
+    device_name = machine.device_name(args.device)
+    print(f"\n== {name}: {description} ({folder}) on {args.device} ({device_name}); "
+          f"{_load_note()}", flush=True)
     load_note = f"{_load_note()} at start"
-    loaded = load_model(folder, "cpu", args.dtype)
+    loaded = load_model(folder, args.device, args.dtype)
+    dtype_name = loaded.dtype_name  # what auto chose on this device
+    encoder = Encoder(loaded, args.batch_limits, args.compile)
+    encoder.warm_up()  # --compile: every batch size, before anything is timed
     pixels, token_ids = model_only.preprocess(loaded, images, texts)
-    server, target = await processes.start_server(folder, args.server_flags, args.server_env)
+    server, target = await processes.start_server(folder, args.server_flags, args.server_env,
+                                                  args.device)
     rounds = []
     try:
         for index in range(args.rounds):
             print(f"  -- round {index + 1} of {args.rounds}; {_load_note()}", flush=True)
-            ceiling = model_only.forward_ceiling(loaded, pixels, token_ids, args.batch_sizes,
+            ceiling = model_only.forward_ceiling(encoder, pixels, token_ids, args.batch_sizes,
                                                  args.model_seconds)
             stream = await stream_runs(target, server, images, texts, args, ceiling)
             ratios = {kind: stream[kind]["items_per_s"] / ceiling[kind]["ceiling_items_per_s"]
@@ -247,8 +273,10 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
         steps = stage_costs.measure(loaded, images, texts, args.jpeg_draft)
         print("  steps alone (ms per item): " + ", ".join(
             f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
-        del loaded, pixels, token_ids
+        del loaded, encoder, pixels, token_ids
         gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the bench's copy of the model leaves the GPU to the server
         ceiling = median_of([r["model_only"] for r in rounds])
         rest_result = ({"skipped": "--skip-rest"} if args.skip_rest
                        else await rest_runs(target, images, texts, ceiling, args))
@@ -261,6 +289,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
         stream[kind]["ratio_by_round"] = [round(r["ratios"][kind], 3) for r in rounds]
     return {
         "model": name, "description": description, "folder": str(folder),
+        "device": args.device, "device_name": device_name, "dtype": dtype_name,
         "server_flags": args.server_flags, "server_env": args.server_env,
         "load_note": f"{load_note}, {_load_note()} at end", "rounds": len(rounds),
         "stream_load": {"streams": args.streams, "items_per_message": args.items_per_message,

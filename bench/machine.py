@@ -26,6 +26,13 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+def device_name(device: str) -> str:
+    """What the model runs on, in words: the GPU's name for CUDA, else the CPU's."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
 def describe() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from clip_grpc.model.encoder import Encoder
 from clip_grpc.model.images import decode_image
@@ -42,14 +42,15 @@ def time_batches(run: Callable[[list], object], inputs: Sequence, batch_size: in
             **summarize(items, elapsed, latencies).as_dict()}
 
 
-def forward_ceiling(loaded: LoadedModel, pixels: list, token_ids: list,
-                    batch_sizes: list[int], seconds: float) -> dict:
-    """Per kind: items/s and batch latency at each batch size, and the best (the ceiling)."""
-    encoder = Encoder(loaded)
+def forward_ceiling(encoder: Encoder, pixels: list, token_ids: list,
+                    batch_sizes: Mapping[str, list[int]], seconds: float) -> dict:
+    """Per kind: items/s and batch latency at each of its batch sizes, and the best (the
+    ceiling). The encoder is the server's (its device, dtype and --compile): every batch is
+    copied back to the host, so GPU times are whole."""
     results = {}
     for kind, run, inputs in (("image", encoder.embed_images, pixels),
                               ("text", encoder.embed_texts, token_ids)):
-        rows = [time_batches(run, inputs, size, seconds) for size in batch_sizes]
+        rows = [time_batches(run, inputs, size, seconds) for size in batch_sizes[kind]]
         for row in rows:
             print(f"  model-only {kind:5} batch {row['batch_size']:3}: "
                   f"{row['items_per_s']:9.1f} items/s, {row['p50_ms']:8.2f} ms per batch",

@@ -99,7 +99,8 @@ async def run(args) -> dict:
                                   args.overhead_seconds, args.warmup_seconds)
     load_start = machine.load_average()
     print(f"\n== serving overhead: {description}; load {load_start}", flush=True)
-    server, target = await processes.start_server(folder, args.server_flags, args.server_env)
+    server, target = await processes.start_server(folder, args.server_flags, args.server_env,
+                                                  args.device)
     rounds = []
     try:
         for index in range(args.rounds):
@@ -119,7 +120,8 @@ async def run(args) -> dict:
     finally:
         server.stop()
     return {
-        "model": MODEL, "description": description, "server_flags": args.server_flags,
+        "model": MODEL, "description": description, "device": args.device,
+        "server_flags": args.server_flags,
         "server_env": args.server_env, "rounds": len(rounds),
         "load_average": {"start": load_start, "end": machine.load_average()},
         "stream_load": {"streams": load.streams, "items_per_message": load.items_per_message,

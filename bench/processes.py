@@ -93,12 +93,17 @@ async def http_ready(url: str) -> bool:
     return response.code == 200
 
 
-async def start_server(model: Path, server_flags: list[str], env: dict[str, str]) -> tuple:
+def server_command(model: Path, port: int, server_flags: list[str], device: str) -> list[str]:
+    return ["-m", "clip_grpc", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "--device", device, "--log-format", "text", "--log-level", "WARNING",
+            "--metrics-port", "0", *server_flags]
+
+
+async def start_server(model: Path, server_flags: list[str], env: dict[str, str],
+                       device: str = "cpu") -> tuple:
     """`python -m clip_grpc` on a free port; returns (child, target) once it is SERVING."""
     port = free_port()
-    child = Child("server", ["-m", "clip_grpc", "--model", str(model), "--host", "127.0.0.1",
-                             "--port", str(port), "--device", "cpu", "--log-format", "text",
-                             "--log-level", "WARNING", "--metrics-port", "0", *server_flags], env)
+    child = Child("server", server_command(model, port, server_flags, device), env)
     target = f"127.0.0.1:{port}"
     try:
         await child.wait_until(lambda: grpc_serving(target), timeout_s=600)

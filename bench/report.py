@@ -34,7 +34,9 @@ def model_section(result: dict, machine: dict, when: str) -> str:
     settings = " ".join([*(f"{k}={v}" for k, v in result["server_env"].items()),
                          *result["server_flags"]]) or "(defaults)"
     heading = result["model"] if settings == "(defaults)" else f"{result['model']} `{settings}`"
-    lines = [f"### {heading}: {result['description']}", "",
+    device = result.get("device", "cpu")
+    on = "" if device == "cpu" else f" on {device} ({result['device_name']}, {result['dtype']})"
+    lines = [f"### {heading}{on}: {result['description']}", "",
              f"{when}; {one_line(machine)}; server settings: `{settings}`; "
              f"{result['load_note']}", "",
              f"Medians of {result['rounds']} rounds, each measuring model-only then end to end; "
@@ -113,7 +115,9 @@ def _replace(text: str, key: str, content: str) -> str:
 def section_key(result: dict) -> str:
     """One section per model and non-default server settings."""
     settings = [*(f"{k}={v}" for k, v in result["server_env"].items()), *result["server_flags"]]
-    return " ".join([f"model={result['model']}", *settings])
+    device = result.get("device", "cpu")  # CPU runs keep the sections they always had
+    on = [] if device == "cpu" else [f"device={device}"]
+    return " ".join([f"model={result['model']}", *on, *settings])
 
 
 def update_markdown(run: dict) -> None:

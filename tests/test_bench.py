@@ -104,3 +104,58 @@ def test_the_overhead_section_reports_cpu_per_item_and_the_ratio_to_preprocessin
     text = section(result, {"cpu": "x", "cores": 2, "torch": "t"}, "now")
     assert "| image | 700 | 1,500 | 400 (preprocess_0) | 110 | 1,000 | **1.50** | 300 |" in text
     assert "loadavg 1.00 1.00 1.00 at start" in text
+
+
+def test_the_bench_runs_on_cpu_unless_told_and_sizes_batches_per_modality():
+    from bench.__main__ import parse_args
+
+    args = parse_args([])
+    assert args.device == "cpu"
+    assert args.batch_sizes == {"image": [1, 8, 32], "text": [1, 8, 32]}
+    args = parse_args(["--server-args", "--max-text-batch-size 64", "--batch-sizes", "2,4"])
+    assert args.batch_limits == {"image": 32, "text": 64}
+    assert args.batch_sizes == {"image": [2, 4], "text": [2, 4]}
+
+
+def test_a_cuda_bench_uses_the_gpu_limits_and_refuses_a_machine_without_one(monkeypatch, capsys):
+    import torch
+
+    from bench.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda"])  # no GPU on this machine
+    assert "sees no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "tpu9"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = parse_args(["--device", "cuda:0"])
+    assert args.batch_sizes == {"image": [1, 8, 128], "text": [1, 8, 512]}
+
+
+def test_the_server_is_started_on_the_bench_device(tmp_path):
+    from bench.processes import server_command
+
+    command = server_command(tmp_path, 5000, ["--compile"], "cuda")
+    assert command[command.index("--device") + 1] == "cuda" and command[-1] == "--compile"
+
+
+def test_a_gpu_run_gets_its_own_section_naming_the_device():
+    rows = [{"batch_size": 1, "items_per_s": 10.0, "p50_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0}]
+    stream = {"items_per_s": 9.0, "p50_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0,
+              "ratio_to_model_only": 0.9, "ratio_by_round": [0.9]}
+    cells = {"forward": 1.0}
+    result = {"model": "vit-l14", "description": "d", "server_flags": [], "server_env": {},
+              "load_note": "", "rounds": 1, "rest": {"skipped": "--skip-rest"},
+              "stream_load": {"streams": 4, "items_per_message": 8, "messages_in_flight": 2},
+              "model_only": {k: {"by_batch_size": rows} for k in ("image", "text")},
+              "grpc_stream": {"image": stream, "text": stream},
+              "breakdown": {"image": cells, "text": cells}}
+    on_cpu = report.model_section({**result, "device": "cpu"}, {"cpu": "x", "cores": 2,
+                                                                 "torch": "t"}, "now")
+    assert on_cpu.startswith("### vit-l14: d")
+    gpu = {**result, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "dtype": "bf16"}
+    text = report.model_section(gpu, {"cpu": "x", "cores": 2, "torch": "t"}, "now")
+    assert text.startswith("### vit-l14 on cuda (NVIDIA H100 80GB HBM3, bf16): d")
+    assert "| model-only images, batch 1 (latency per batch) | 10.0 |" in text
+    assert report.section_key(gpu) == "model=vit-l14 device=cuda"
+    assert report.section_key({**result, "device": "cpu"}) == "model=vit-l14"
