@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -220,8 +222,10 @@ async def test_a_ray_data_job_with_two_actors_over_two_replicas(tiny_clip_dir, t
     async with replicas(tiny_clip_dir, tmp_path, 2) as pair:
         targets = ",".join(replica.target for replica in pair)
         started = time.monotonic()
+        # Its own short temp folder (Ray's socket paths must stay under 108 bytes), removed after.
+        ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
-                 log_to_driver=False, _node_ip_address="127.0.0.1")  # fmt: skip
+                 log_to_driver=False, _node_ip_address="127.0.0.1", _temp_dir=ray_dir)  # fmt: skip
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             dataset = ray.data.from_items(rows, override_num_blocks=8).map_batches(
@@ -232,6 +236,7 @@ async def test_a_ray_data_job_with_two_actors_over_two_replicas(tiny_clip_dir, t
             out = dataset.take_all()
         finally:
             ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
         took = time.monotonic() - started
         inputs = sorted({row["item"] for row in rows if row["item"] is not None})
         reference = reference_embeddings(pair[0].target, [v for v in inputs if "broken" not in v])
