@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     # preprocessing threads and the event loop; sleeping instead measured 2.7x the images/s and
     # 4x the texts/s on 2 shared cores (BENCHMARKS.md). libgomp reads it once, as torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The engine tokenises a message's texts in one batch call; with parallelism on, the Rust
+    # tokenizer fans each call out to a thread pool of its own, whose hand-offs cost more than
+    # they save for a message's few short texts: 356 -> 255 us of server CPU per text measured
+    # (BENCHMARKS.md, serving overhead). The preprocess threads already spread the messages.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["convert"]:  # `clip-grpc convert SRC DEST`: see clip_grpc/model/convert.py
         from .model.convert import main as convert

@@ -145,3 +145,11 @@ async def test_a_message_of_mixed_items_keeps_its_order_and_its_bad_items_fail_a
     errors = {item.id: o.field for item, o in zip(items, together, strict=True)
               if isinstance(o, InvalidInput)}
     assert errors == {"empty": "text", "bad": "image", "none": "content"}
+
+
+async def test_the_engine_threads_carry_their_names_in_the_os(tiny_engine):
+    from pathlib import Path
+
+    await tiny_engine.embed([Input("a", text="a dog"), Input("b", image=image_bytes())])
+    names = {comm.read_text().strip() for comm in Path("/proc/self/task").glob("*/comm")}
+    assert "model-0" in names and "preprocess-0" in names
