@@ -14,13 +14,16 @@ os.environ.setdefault("CLIP_GRPC_METRICS_PORT", "0")
 
 import io  # noqa: E402
 
+import grpc
 import pytest
 from PIL import Image
 
 from clip_grpc.config import ServerConfig
 from clip_grpc.model.loading import load_model
 from clip_grpc.server import running_server
+from clip_grpc.v1 import clip_pb2_grpc
 from tests.model_factory import save_clip, save_siglip
+from tests.rest_helpers import running_bridge
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +54,20 @@ async def clip_server(tiny_clip_dir, tiny_clip):
     """A real grpc.aio server on the tiny CLIP; `.target` is "127.0.0.1:PORT"."""
     async with running_server(server_config(tiny_clip_dir), loaded=tiny_clip) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+async def bridge(clip_server):
+    """A REST bridge in this event loop in front of clip_server (tests.rest_helpers.Bridge)."""
+    async with running_bridge(clip_server.target) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def stub(clip_server):
+    """A ClipService stub on clip_server, to compare the bridge's answers with the server's."""
+    async with grpc.aio.insecure_channel(clip_server.target) as channel:
+        yield clip_pb2_grpc.ClipServiceStub(channel)
 
 
 def image_bytes(color=(200, 30, 30), size=(40, 30), fmt="PNG", mode="RGB") -> bytes:

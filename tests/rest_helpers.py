@@ -6,9 +6,11 @@ import contextlib
 import json
 import uuid
 
+import numpy as np
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.testing import bind_unused_port
 
+from clip_grpc.v1 import clip_pb2
 from rest_bridge.app import make_app, make_http_server
 from rest_bridge.backend import ClipBackend, open_channel
 from rest_bridge.config import BridgeConfig
@@ -93,6 +95,13 @@ async def running_bridge(grpc_target: str, backend: ClipBackend | None = None, *
         server.stop()
         await server.close_all_connections()
         await channel.close()
+
+
+async def grpc_vectors(stub, items: list[clip_pb2.Item], raw: bool = False) -> np.ndarray:
+    """The server's own vectors for items, one row each: what the bridge's answers must hold."""
+    options = clip_pb2.EmbedOptions(raw=raw)
+    response = await stub.Embed(clip_pb2.EmbedRequest(items=items, options=options))
+    return np.stack([np.frombuffer(r.embedding.packed, "<f4") for r in response.results])
 
 
 def error_of(response: HTTPResponse) -> dict:

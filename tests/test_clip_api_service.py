@@ -6,14 +6,13 @@ import base64
 import json
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
-from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+from clip_grpc.v1 import clip_pb2
 from tests.conftest import image_bytes
 from tests.model_factory import REPO
-from tests.rest_helpers import error_of, running_bridge
+from tests.rest_helpers import error_of, grpc_vectors
 
 SHARED = next((p / "shared" for p in REPO.parents if (p / "shared" / "compat").is_dir()), None)
 # The fixtures are copied into the repository so that a fresh clone has them.
@@ -30,24 +29,6 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@pytest.fixture(scope="module")
-async def bridge(clip_server):
-    async with running_bridge(clip_server.target) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def stub(clip_server):
-    async with grpc.aio.insecure_channel(clip_server.target) as channel:
-        yield clip_pb2_grpc.ClipServiceStub(channel)
-
-
-async def raw_vectors(stub, items) -> np.ndarray:
-    response = await stub.Embed(
-        clip_pb2.EmbedRequest(items=items, options=clip_pb2.EmbedOptions(raw=True)))
-    return np.stack([np.frombuffer(r.embedding.packed, "<f4") for r in response.results])
-
-
 def test_the_local_fixtures_are_the_shared_ones():
     if SHARED is None:
         pytest.skip("../shared/compat is not next to this checkout")
@@ -60,10 +41,10 @@ async def test_seed_003_encode_with_any_content_type(bridge, stub):
     response = await bridge.fetch("/encode", method="POST", body=json.dumps(request), headers=FORM)
     assert response.code == 200, response.body
     vectors = np.asarray(json.loads(response.body), np.float32)
-    expected = await raw_vectors(stub, [
+    expected = await grpc_vectors(stub, [
         clip_pb2.Item(image=base64.b64decode(request[0]["img_blob"])),
         clip_pb2.Item(text=request[1]["text"]),
-        clip_pb2.Item(image=base64.b64decode(request[2]["img_blob"]))])
+        clip_pb2.Item(image=base64.b64decode(request[2]["img_blob"]))], raw=True)
     # Raw features like the original: not normalised.
     np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
@@ -79,9 +60,9 @@ async def test_seed_003_rank(bridge, stub):
     for key in answer:
         assert np.asarray(answer[key]).shape == np.asarray(readme[key]).shape == (1, 6)
     # Cosines in candidate order, and a softmax per query with the model's logit scale.
-    vectors = await raw_vectors(stub, [
+    vectors = await grpc_vectors(stub, [
         clip_pb2.Item(image=base64.b64decode(request["queries"][0]["img_blob"])),
-        *(clip_pb2.Item(text=c["text"]) for c in request["candidates"])])
+        *(clip_pb2.Item(text=c["text"]) for c in request["candidates"])], raw=True)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosines = unit[1:] @ unit[0]
     np.testing.assert_allclose(answer["cosine_similarities"][0], cosines, atol=1e-5)
@@ -102,8 +83,8 @@ async def test_several_queries_data_uris_extra_keys_and_precedence(bridge, stub)
     assert np.asarray(answer["probabilities"]).shape == (2, 2)
     np.testing.assert_allclose(np.sum(answer["probabilities"], axis=1), 1.0, rtol=1e-5)
     # img_uri wins over text, img_blob over text: the second query is the red image.
-    vectors = await raw_vectors(stub, [clip_pb2.Item(image=RED), clip_pb2.Item(image=blue),
-                                       clip_pb2.Item(text="a red thing")])
+    vectors = await grpc_vectors(stub, [clip_pb2.Item(image=RED), clip_pb2.Item(image=blue),
+                                        clip_pb2.Item(text="a red thing")], raw=True)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     np.testing.assert_allclose(answer["cosine_similarities"][1], unit[1:] @ unit[0], atol=1e-5)
 

@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.model_factory import REPO
-from tests.rest_helpers import running_bridge
 
 PINS = REPO / "tests" / "compat" / "clip-client-requirements.txt"
 SCRIPT = REPO / "tests" / "compat" / "clip_client_calls.py"
@@ -30,12 +29,6 @@ if not (VENV / ".installed").is_file():
     if os.environ.get("CLIP_CLIENT_REQUIRED") == "1":  # make test sets it: never skip there
         raise RuntimeError(reason)
     pytest.skip(reason, allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-async def bridge(clip_server):
-    async with running_bridge(clip_server.target) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

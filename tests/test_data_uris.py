@@ -37,12 +37,6 @@ def test_refused(uri, words):
         decode_data_uri(uri)
 
 
-@pytest.fixture(scope="module")
-async def bridge(clip_server):
-    async with running_bridge(clip_server.target) as running:
-        yield running
-
-
 def vectors(response) -> list[np.ndarray]:
     assert response.code == 200, response.body
     return [np.asarray(r["embedding"]["values"], np.float32)

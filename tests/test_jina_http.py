@@ -8,14 +8,13 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
 
 from clip_grpc.jina_v1 import jina_pb2
-from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
-from tests.rest_helpers import running_bridge
+from clip_grpc.v1 import clip_pb2
+from tests.rest_helpers import grpc_vectors
 
 FIXTURES = Path(__file__).parent / "compat" / "fixtures"
 TOP_LEVEL = {"header", "parameters", "routes", "data"}
@@ -25,18 +24,6 @@ def recorded(folder: str, name: str) -> dict:
     return json.loads((FIXTURES / folder / name).read_text())["json"]
 
 
-@pytest.fixture(scope="module")
-async def bridge(clip_server):
-    async with running_bridge(clip_server.target) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def stub(clip_server):
-    async with grpc.aio.insecure_channel(clip_server.target) as channel:
-        yield clip_pb2_grpc.ClipServiceStub(channel)
-
-
 def to_item(doc: dict) -> clip_pb2.Item:
     if doc.get("text"):
         return clip_pb2.Item(text=doc["text"])
@@ -44,9 +31,7 @@ def to_item(doc: dict) -> clip_pb2.Item:
 
 
 async def raw_vectors(stub, docs) -> np.ndarray:
-    response = await stub.Embed(clip_pb2.EmbedRequest(
-        items=[to_item(d) for d in docs], options=clip_pb2.EmbedOptions(raw=True)))
-    return np.stack([np.frombuffer(r.embedding.packed, "<f4") for r in response.results])
+    return await grpc_vectors(stub, [to_item(d) for d in docs], raw=True)
 
 
 def milliseconds(stamp: str) -> int:

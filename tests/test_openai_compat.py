@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import json
 
-import grpc
 import numpy as np
 import openai
 import pytest
 
-from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+from clip_grpc.v1 import clip_pb2
 from tests.conftest import image_bytes
-from tests.rest_helpers import running_bridge
+from tests.rest_helpers import grpc_vectors, running_bridge
 
 RED = image_bytes((220, 20, 20))
 BLUE = image_bytes((20, 20, 220), fmt="JPEG")
@@ -21,18 +20,6 @@ TEXTS = ["a photo of a red circle", "a blue square"]
 
 def data_uri(data: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
-
-
-@pytest.fixture(scope="module")
-async def bridge(clip_server):
-    async with running_bridge(clip_server.target) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def stub(clip_server):
-    async with grpc.aio.insecure_channel(clip_server.target) as channel:
-        yield clip_pb2_grpc.ClipServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +35,6 @@ async def sdk(bridge):
     await client.close()
 
 
-async def server_vectors(stub, items) -> np.ndarray:
-    response = await stub.Embed(clip_pb2.EmbedRequest(items=items))
-    return np.stack([np.frombuffer(r.embedding.packed, "<f4") for r in response.results])
-
-
 async def test_texts_as_floats(sdk, stub, info):
     answer = await sdk.embeddings.create(model="text-embedding-3-small", input=TEXTS,
                                          encoding_format="float")
@@ -60,7 +42,7 @@ async def test_texts_as_floats(sdk, stub, info):
     assert [d.index for d in answer.data] == [0, 1]
     assert all(d.object == "embedding" for d in answer.data)
     got = np.array([d.embedding for d in answer.data], dtype=np.float32)
-    expected = await server_vectors(stub, [clip_pb2.Item(text=t) for t in TEXTS])
+    expected = await grpc_vectors(stub, [clip_pb2.Item(text=t) for t in TEXTS])
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert answer.usage.prompt_tokens == answer.usage.total_tokens == 0
 
@@ -68,7 +50,7 @@ async def test_texts_as_floats(sdk, stub, info):
 async def test_one_string_and_the_sdks_default_base64(sdk, stub):
     # Without encoding_format the SDK asks for base64 and decodes it itself.
     answer = await sdk.embeddings.create(model="any-name", input=TEXTS[0])
-    expected = await server_vectors(stub, [clip_pb2.Item(text=TEXTS[0])])
+    expected = await grpc_vectors(stub, [clip_pb2.Item(text=TEXTS[0])])
     assert len(answer.data) == 1
     np.testing.assert_allclose(np.asarray(answer.data[0].embedding, np.float32), expected[0],
                                atol=1e-5)
@@ -83,7 +65,7 @@ async def test_base64_is_little_endian_float32_in_the_exact_shape(bridge, stub):
     assert set(answer["usage"]) == {"prompt_tokens", "total_tokens"}
     assert all(set(d) == {"object", "index", "embedding"} for d in answer["data"])
     got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in answer["data"]])
-    expected = await server_vectors(stub, [clip_pb2.Item(text=t) for t in TEXTS])
+    expected = await grpc_vectors(stub, [clip_pb2.Item(text=t) for t in TEXTS])
     # Equal up to float32 rounding between batch shapes (the two calls may batch differently).
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -93,7 +75,7 @@ async def test_images_as_data_uris(sdk, stub):
         model="m", input=[data_uri(RED), data_uri(BLUE, "image/jpeg")], encoding_format="float",
         extra_body={"modality": "image"})
     got = np.array([d.embedding for d in answer.data], dtype=np.float32)
-    expected = await server_vectors(stub, [clip_pb2.Item(image=RED), clip_pb2.Item(image=BLUE)])
+    expected = await grpc_vectors(stub, [clip_pb2.Item(image=RED), clip_pb2.Item(image=BLUE)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -101,7 +83,7 @@ async def test_dimensions_truncate_and_renormalise(sdk, stub):
     answer = await sdk.embeddings.create(model="m", input=TEXTS[1], dimensions=8,
                                          encoding_format="float")
     vector = np.asarray(answer.data[0].embedding, np.float32)
-    full = (await server_vectors(stub, [clip_pb2.Item(text=TEXTS[1])]))[0]
+    full = (await grpc_vectors(stub, [clip_pb2.Item(text=TEXTS[1])]))[0]
     assert vector.shape == (8,)
     assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(vector, full[:8] / np.linalg.norm(full[:8]), atol=1e-5)

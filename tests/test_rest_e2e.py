@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.testing import bind_unused_port
 
 from clip_grpc.server import running_server
-from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+from clip_grpc.v1 import clip_pb2
 from rest_bridge.backend import ClipBackend
 from rest_bridge.openapi import openapi_document
 from tests.bridge_process import StandInClip, stand_in_server
 from tests.conftest import image_bytes, server_config
-from tests.rest_helpers import encode_form, error_of, running_bridge
+from tests.rest_helpers import encode_form, error_of, grpc_vectors, running_bridge
 from tests.waiting import until
 
 RED, BLUE = image_bytes((220, 20, 20)), image_bytes((20, 20, 220), fmt="JPEG")
@@ -28,25 +28,8 @@ LONG_TEXT = "moon " * 100  # about 100 tokens: over CLIP's 77
 
 
 @pytest.fixture(scope="module")
-async def bridge(clip_server):
-    async with running_bridge(clip_server.target) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def stub(clip_server):
-    async with grpc.aio.insecure_channel(clip_server.target) as channel:
-        yield clip_pb2_grpc.ClipServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
 async def dim(stub):
     return (await stub.Info(clip_pb2.InfoRequest())).embedding_dim
-
-
-async def grpc_vectors(stub, items: list[clip_pb2.Item]) -> list[np.ndarray]:
-    response = await stub.Embed(clip_pb2.EmbedRequest(items=items))
-    return [np.frombuffer(r.embedding.packed, "<f4") for r in response.results]
 
 
 def spec_request() -> tuple[dict, bytes]:
