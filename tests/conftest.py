@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # port off unless a test asks for it: many run at once, and 9090 may be taken on this machine.
 os.environ.setdefault("CLIP_GRPC_METRICS_PORT", "0")
 
+import contextlib  # noqa: E402
 import io  # noqa: E402
 
 import grpc
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 
 from clip_grpc.config import ServerConfig
+from clip_grpc.engine import Engine
 from clip_grpc.model.loading import load_model
 from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2_grpc
@@ -68,6 +70,17 @@ async def stub(clip_server):
     """A ClipService stub on clip_server, to compare the bridge's answers with the server's."""
     async with grpc.aio.insecure_channel(clip_server.target) as channel:
         yield clip_pb2_grpc.ClipServiceStub(channel)
+
+
+@contextlib.asynccontextmanager
+async def started_engine(loaded, config: ServerConfig):
+    """An Engine on a loaded model, started (warmed up) for the block and closed after it."""
+    engine = Engine(loaded, config)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 def image_bytes(color=(200, 30, 30), size=(40, 30), fmt="PNG", mode="RGB") -> bytes:

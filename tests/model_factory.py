@@ -32,6 +32,18 @@ def _tower(width: int, layers: int, heads: int, **extra) -> dict:
                 num_attention_heads=heads, **extra)
 
 
+def write_clip_preprocessor(folder: Path, image_size: int) -> None:
+    """CLIP's own image processing (bicubic shortest-edge resize, centre crop, CLIP's mean and
+    std) at image_size."""
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
+    }))
+
+
 def save_clip(folder: Path, *, text_width=32, vision_width=32, layers=2, heads=2,
               image_size=32, patch_size=8, projection_dim=16, seed=0) -> Path:
     """A random CLIPModel folder; the defaults are tiny, ViT-B/32 is in save_vit_b32."""
@@ -45,13 +57,7 @@ def save_clip(folder: Path, *, text_width=32, vision_width=32, layers=2, heads=2
         projection_dim=projection_dim,
     )
     CLIPModel(config).eval().save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
-    }))
+    write_clip_preprocessor(folder, image_size)
     copy_tokenizer(folder, 77)
     return folder
 
@@ -66,13 +72,7 @@ def save_vit_b32(folder: Path) -> Path:
         projection_dim=512,
     )
     CLIPModel(config).eval().save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True, "size": {"shortest_edge": 224}, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
-    }))
+    write_clip_preprocessor(folder, 224)
     copy_tokenizer(folder, 77)
     return folder
 

@@ -57,6 +57,13 @@ class RawConnection:
                                                                headers.items())]
         await self.send(("\r\n".join(lines) + "\r\n\r\n").encode())
 
+    async def post_form_head(self, texts: dict, files: dict | None = None) -> bytes:
+        """Sends the head of a multipart POST /syte_test/clip; returns the body to send."""
+        content_type, body = encode_form(texts, files)
+        await self.send_head("POST", "/syte_test/clip", {
+            "Content-Type": content_type, "Content-Length": str(len(body))})
+        return body
+
     async def response(self) -> tuple[int, dict[str, str], bytes]:
         """(status, headers with lower-case names, body) of the next answer."""
         async def read():
@@ -98,15 +105,10 @@ async def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(held):
         port = bridge.port
         # In flight at the signal: one waiting for the server, one half uploaded.
         waiting = await RawConnection.open(port)
-        content_type, body = encode_form({"text-1": "a cat"})
-        await waiting.send_head("POST", "/syte_test/clip", {
-            "Content-Type": content_type, "Content-Length": str(len(body))})
-        await waiting.send(body)
+        await waiting.send(await waiting.post_form_head({"text-1": "a cat"}))
         await until(lambda: servicer.waiting == 1)
         uploading = await RawConnection.open(port)
-        content_type, body = encode_form({"text-1": "a dog"}, {"image-1": os.urandom(4 * MIB)})
-        await uploading.send_head("POST", "/syte_test/clip", {
-            "Content-Type": content_type, "Content-Length": str(len(body))})
+        body = await uploading.post_form_head({"text-1": "a dog"}, {"image-1": os.urandom(4 * MIB)})
         await uploading.send(body[: len(body) // 2])
         # A third connection, open and idle (keep-alive), to ask once the bridge is stopping.
         idle = await RawConnection.open(port)
@@ -156,10 +158,7 @@ async def test_when_the_grace_runs_out_the_bridge_closes_what_is_left_and_exits(
     target, servicer = held  # never released while the bridge runs
     async with bridge_process(target, "--grace-seconds", "1") as bridge:
         stuck = await RawConnection.open(bridge.port)
-        content_type, body = encode_form({"text-1": "a cat"})
-        await stuck.send_head("POST", "/syte_test/clip", {
-            "Content-Type": content_type, "Content-Length": str(len(body))})
-        await stuck.send(body)
+        await stuck.send(await stuck.post_form_head({"text-1": "a cat"}))
         await until(lambda: servicer.waiting == 1)
         bridge.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(bridge.process.wait(), 120) == 0

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from clip_grpc.__main__ import main
-from clip_grpc.engine import Engine, Input
+from clip_grpc.engine import Input
 from clip_grpc.model import convert as converter
 from clip_grpc.model import openai_layout
 from clip_grpc.model.convert import ConversionError, convert
@@ -22,7 +22,7 @@ from tests.checkpoint_factory import (
     save_openai_state_dict,
     save_openai_torchscript,
 )
-from tests.conftest import server_config
+from tests.conftest import server_config, started_engine
 
 TEXTS = ["a photo of a dog", "A diagram of two blue squares", "x"]
 
@@ -39,14 +39,10 @@ def pictures() -> list[bytes]:
 
 async def served_vectors(folder):
     loaded = load_model(folder, device="cpu", dtype="fp32")
-    engine = Engine(loaded, server_config(folder))
-    await engine.start()
-    try:
+    async with started_engine(loaded, server_config(folder)) as engine:
         items = [Input(f"i{i}", image=b) for i, b in enumerate(pictures())]
         items += [Input(f"t{i}", text=t) for i, t in enumerate(TEXTS)]
         vectors = np.stack(await engine.embed(items, raw=True))
-    finally:
-        await engine.close()
     return loaded, vectors[:3], vectors[3:]
 
 

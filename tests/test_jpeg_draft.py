@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_grpc.engine import Engine, Input, l2_normalize
+from clip_grpc.engine import Input, l2_normalize
 from clip_grpc.model.encoder import Encoder
 from clip_grpc.model.images import ImageTransform, decode_image
-from tests.conftest import server_config
+from tests.conftest import server_config, started_engine
 from tests.model_factory import CLIP_MEAN, CLIP_STD
 
 LIMITS = dict(max_bytes=1 << 30, max_pixels=1 << 30)
@@ -66,12 +66,9 @@ async def test_the_engine_decodes_in_draft_mode_only_when_asked(tiny_clip_dir, t
     data = photo(640, 480)
     vectors = {}
     for mode in ("full", "draft"):
-        engine = Engine(tiny_clip, server_config(tiny_clip_dir, jpeg_decode=mode))
-        await engine.start()
-        try:
+        config = server_config(tiny_clip_dir, jpeg_decode=mode)
+        async with started_engine(tiny_clip, config) as engine:
             vectors[mode] = (await engine.embed([Input("photo", image=data)]))[0]
-        finally:
-            await engine.close()
     reference = tiny_clip.image_transform(decode_image(data, **LIMITS))
     np.testing.assert_allclose(vectors["full"], l2_normalize(
         Encoder(tiny_clip).embed_images([reference])[0]), atol=1e-5)

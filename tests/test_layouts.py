@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from clip_grpc.engine import Engine, Input
+from clip_grpc.engine import Input
 from clip_grpc.errors import ModelLoadError
 from clip_grpc.model.loading import load_model
-from tests.conftest import server_config
+from tests.conftest import server_config, started_engine
 from tests.model_factory import (
     save_clip_transformers5,
     save_siglip2_fixed,
@@ -69,15 +69,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 async def served(folder):
     loaded = load_model(folder, device="cpu", dtype="fp32")
-    engine = Engine(loaded, server_config(folder))
-    await engine.start()
-    try:
+    async with started_engine(loaded, server_config(folder)) as engine:
         items = [Input(f"i{i}", image=png(p)) for i, p in enumerate(pictures())]
         items += [Input(f"t{i}", text=t) for i, t in enumerate(TEXTS)]
         vectors = await engine.embed(items, raw=True)
         ranked = await engine.rank(items[0], items[3:], truncate=False)
-    finally:
-        await engine.close()
     return loaded, np.stack(vectors[:3]), np.stack(vectors[3:]), ranked
 
 
