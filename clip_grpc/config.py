@@ -48,7 +48,8 @@ class ServerConfig:
         "on CUDA)", minimum=0)
     compile: bool = setting(
         False, "torch.compile the model for fixed batch sizes (powers of two up to each batch "
-        "limit; CUDA graphs on CUDA), all compiled at start: slower start, faster batches")
+        "limit) and text widths (16, 32, 64 tokens, the context); CUDA graphs on CUDA; every "
+        "shape compiled and run at start: slower start, faster batches")
     # Matters only while the model is idle: under load batches fill as the previous one runs.
     max_wait_ms: float = setting(
         1.0, "longest an item waits for its batch to fill while the model is idle", minimum=0)

@@ -72,12 +72,16 @@ def test_texts_through_reused_buffers_equal_a_fresh_encoder(tiny_clip):
 def test_a_batch_padded_to_its_bucket_gives_the_unpadded_results(tiny_clip):
     plain, padded = Encoder(tiny_clip), Encoder(tiny_clip)
     padded.buckets = {"image": (8,), "text": (8,)}  # what --compile does, without compiling
-    batch, ids = pixels(3), token_ids(tiny_clip, SENTENCES)
+    batch = pixels(3)
+    ids = token_ids(tiny_clip, [*SENTENCES, "three small dogs play with a red ball on the grass "
+                                "of a sunny park"])
     images = padded.embed_images(batch)
     assert images.shape == (3, 16)
     np.testing.assert_allclose(images, plain.embed_images(batch), atol=1e-5)
-    texts = padded.embed_texts(ids)  # 5 rows padded to 8, each to the context length
-    assert texts.shape == (5, 16) and padded.text_batch(ids)["input_ids"].shape == (8, 77)
+    longest = max(map(len, ids))
+    assert 16 < longest <= 32 and padded.widths == (16, 32, 64, 77)
+    texts = padded.embed_texts(ids)  # 6 rows padded to 8, each to the 32-token width bucket
+    assert texts.shape == (6, 16) and padded.text_batch(ids)["input_ids"].shape == (8, 32)
     np.testing.assert_allclose(texts, plain.embed_texts(ids), atol=1e-5)
 
 
@@ -87,6 +91,7 @@ def test_buckets_are_powers_of_two_up_to_the_limit():
     assert compiled.buckets_up_to(100) == (1, 2, 4, 8, 16, 32, 64, 100)
     buckets = compiled.buckets_up_to(100)
     assert [compiled.bucket_for(n, buckets) for n in (1, 3, 64, 65, 100)] == [1, 4, 64, 100, 100]
+    assert compiled.text_widths(77) == (16, 32, 64, 77) and compiled.text_widths(8) == (8,)
 
 
 def test_compile_without_a_compiler_stops_startup_with_the_reason(monkeypatch, tiny_clip):
@@ -102,7 +107,8 @@ def test_compile_without_a_compiler_stops_startup_with_the_reason(monkeypatch, t
 
 
 async def test_compiled_embeddings_equal_the_eager_ones(tiny_clip_dir, tiny_clip, caplog):
-    # Compiling on 2 shared cores takes most of a minute: one image bucket, two text buckets.
+    # Compiling on 2 shared cores takes most of a minute: one image bucket, two text buckets
+    # (three compiles: dynamic shapes, with batch 1 specialised), four text widths.
     config = server_config(tiny_clip_dir, compile=True, max_image_batch_size=1,
                            max_text_batch_size=2)
     items = [Input("i", image=image_bytes())] + [Input(str(i), text=t)
@@ -125,6 +131,7 @@ async def test_compiled_embeddings_equal_the_eager_ones(tiny_clip_dir, tiny_clip
         await engine.close()
     logged = {r.modality: r for r in caplog.records if r.getMessage() == "compiled"}
     assert logged["image"].batch_sizes == [1] and logged["text"].batch_sizes == [1, 2]
+    assert logged["text"].text_widths == [16, 32, 64, 77]
     assert logged["text"].compile_seconds >= 0
     assert engine.encoder._text_forward is not tiny_clip.model.get_text_features
     np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=1e-5)

@@ -2,8 +2,8 @@
 
 On CUDA a batch is written straight into a page-locked (pinned) host buffer, reused batch after
 batch, and copied to the GPU without blocking; the features come back in one copy per batch. On
-CPU the batch is a plain array, as it always was. With `compile`, batches pad up to fixed sizes
-that torch.compile built at start (clip_grpc/model/compiled.py).
+CPU the batch is a plain array, as it always was. With `compile`, batches pad up to the fixed
+batch sizes and text widths that were compiled and run at start (clip_grpc/model/compiled.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from ..errors import StartupError
-from .compiled import bucket_for, buckets_up_to, check_compile_possible, compile_forward
+from .compiled import (
+    bucket_for,
+    buckets_up_to,
+    check_compile_possible,
+    compile_forward,
+    text_widths,
+)
 from .loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ class Encoder:
         self.on_cuda = self.device.type == "cuda"
         self.host = HostBuffers(pin_memory=self.on_cuda)
         self.buckets: dict[str, tuple[int, ...]] | None = None
+        self.widths = (loaded.context_length,) if self.pad_to_context else (
+            text_widths(loaded.context_length))
         self._image_forward = self.model.get_image_features
         self._text_forward = self.model.get_text_features
         if compile:
@@ -78,7 +86,8 @@ class Encoder:
             self._image_forward = compile_forward(
                 self.model.get_image_features, self.device, len(self.buckets["image"]))
             self._text_forward = compile_forward(
-                self.model.get_text_features, self.device, len(self.buckets["text"]))
+                self.model.get_text_features, self.device,
+                len(self.buckets["text"]) * len(self.widths))
 
     def _rows(self, modality: str, count: int) -> int:
         """Rows in the batch the model sees: count, or its bucket when compiled."""
@@ -107,8 +116,11 @@ class Encoder:
 
     def text_batch(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         count, rows = len(token_ids), self._rows("text", len(token_ids))
-        full = self.pad_to_context or self.buckets is not None  # compiled: one static width
-        width = self.loaded.context_length if full else max(map(len, token_ids))
+        longest = max(map(len, token_ids))
+        if self.pad_to_context:
+            width = self.loaded.context_length
+        else:  # compiled: the width bucket, one of a known few shapes
+            width = longest if self.buckets is None else bucket_for(longest, self.widths)
         ids = self.host.get("input_ids", (rows, width), torch.int64)
         mask = self.host.get("attention_mask", (rows, width), torch.int64)
         ids_array, mask_array = ids.numpy(), mask.numpy()
@@ -128,21 +140,23 @@ class Encoder:
         return self._run(self._text_forward, len(token_ids), **self.text_batch(token_ids))
 
     def warm_up(self) -> None:
-        """Compile every bucket now (at start, not on a caller's time), and log how long."""
+        """Compile and run every shape now (at start, not on a caller's time); log how long."""
         if self.buckets is None:
             return
         height, width = self.loaded.image_transform.output_hw
-        image = np.zeros((3, height, width), dtype=np.float32)
-        for modality, run, item in (("image", self.embed_images, image),
-                                    ("text", self.embed_texts, [0])):
+        shapes = {"image": [np.zeros((3, height, width), dtype=np.float32)],
+                  "text": [[0] * tokens for tokens in self.widths]}
+        for modality, run in (("image", self.embed_images), ("text", self.embed_texts)):
             started = time.perf_counter()
             try:
                 for size in self.buckets[modality]:
-                    run([item] * size)
+                    for item in shapes[modality]:
+                        run([item] * size)
             except Exception as error:  # torch raises many kinds; the server must say why
                 raise StartupError(
                     f"--compile: torch.compile failed on the {modality} tower: {error}"
                 ) from error
             log.info("compiled", extra={
                 "modality": modality, "batch_sizes": list(self.buckets[modality]),
+                **({"text_widths": list(self.widths)} if modality == "text" else {}),
                 "compile_seconds": round(time.perf_counter() - started, 1)})
