@@ -117,13 +117,16 @@ class BridgeProcess:
 
 
 @contextlib.asynccontextmanager
-async def bridge_process(grpc_target: str, *flags: str, scheme: str = "http", ssl_options=None):
-    """The bridge CLI on a free port; ready once /healthz answers. SIGTERM when done."""
+async def bridge_process(grpc_target: str | None, *flags: str, scheme: str = "http",
+                         ssl_options=None, env: dict[str, str] | None = None):
+    """The bridge CLI on a free port; ready once /healthz answers. SIGTERM when done. Without
+    grpc_target no --grpc-target flag is given (set REST_BRIDGE_GRPC_TARGET in env)."""
     port = free_port()
+    target = ["--grpc-target", grpc_target] if grpc_target is not None else []
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rest_bridge", "--grpc-target", grpc_target,
+        sys.executable, "-m", "rest_bridge", *target,
         "--host", "127.0.0.1", "--port", str(port), *flags,
-        env=dict(os.environ), stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})}, stderr=asyncio.subprocess.PIPE,
     )
     bridge = BridgeProcess(process, f"{scheme}://127.0.0.1:{port}")
     try:

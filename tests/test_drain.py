@@ -120,11 +120,9 @@ async def test_every_call_accepted_before_shutdown_finishes(tiny_clip_dir, tiny_
         model_busy = threading.Event()  # no batch runs until every call has started
         running.engine._model_thread.submit(model_busy.wait, 60)
         calls = [asyncio.ensure_future(stub.Embed(embed_request(i, 64))) for i in range(200)]
-        while running.gate.active < 200:
-            await asyncio.sleep(0.01)
+        await until(lambda: running.gate.active == 200)
         stopping = asyncio.create_task(running.stop(grace=120))
-        while running.gate.is_open:
-            await asyncio.sleep(0.01)
+        await until(lambda: not running.gate.is_open)
         model_busy.set()
         await stopping
         assert [await outcome(call) for call in calls] == [("OK", "")] * 200
@@ -183,8 +181,7 @@ async def test_new_calls_get_unavailable_and_health_not_serving_while_draining(
         held = running.gate
         with held.counting():  # a call in flight keeps the server draining
             stopping = asyncio.create_task(running.stop(grace=30))
-            while held.is_open:
-                await asyncio.sleep(0.01)
+            await until(lambda: not held.is_open)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Info(pb.InfoRequest())
             assert caught.value.code() == UNAVAILABLE

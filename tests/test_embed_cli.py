@@ -18,6 +18,7 @@ from clip_grpc.embed_cli import in_shard, main, parse_args
 from clip_grpc.embed_cli.outputs import load_embeddings
 from clip_grpc.server import running_server
 from tests.conftest import image_bytes, server_config
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,9 +133,8 @@ async def test_ctrl_c_keeps_what_was_embedded(clip_server, tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    while not (out / "part-00000.ids.jsonl").exists():
-        assert process.returncode is None, (await process.stderr.read()).decode()
-        await asyncio.sleep(0.05)
+    await until(lambda: (out / "part-00000.ids.jsonl").exists() or process.returncode is not None)
+    assert process.returncode is None, (await process.stderr.read()).decode()
     process.send_signal(signal.SIGINT)
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 130, stderr.decode()

@@ -15,6 +15,7 @@ from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2 as pb
 from clip_grpc.v1 import clip_pb2_grpc
 from tests.conftest import image_bytes, server_config
+from tests.waiting import until
 
 MIB = 1024 * 1024
 
@@ -115,14 +116,12 @@ async def test_items_of_a_call_that_went_away_are_not_decoded(tiny_clip_dir, tin
         items = [pb.Item(id=str(i), image=image_bytes(size=(64, 64))) for i in range(200)]
         stub = clip_pb2_grpc.ClipServiceStub(channel)
         call = stub.Embed(pb.EmbedRequest(items=items), timeout=0.5 if how == "deadline" else None)
-        while not decoded:
-            await asyncio.sleep(0.005)
+        await until(lambda: decoded, every=0.005)
         if how == "cancel":
             call.cancel()
         with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
             await call
-        while engine.in_flight:  # the server has let go of the call
-            await asyncio.sleep(0.005)
+        await until(lambda: not engine.in_flight, every=0.005)  # the server let go of the call
         seen = len(decoded)
         await asyncio.sleep(0.5)
         assert len(decoded) == seen < 100, "decoding went on for a caller that was gone"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -14,46 +11,27 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from tornado.httpclient import AsyncHTTPClient
-from tornado.testing import bind_unused_port
 
+from tests.bridge_process import bridge_process
 from tests.certificates import self_signed_certificate
 from tests.conftest import image_bytes
 from tests.rest_helpers import encode_form, error_of, running_bridge
 
 
-def free_port() -> int:
-    sock, port = bind_unused_port()
-    sock.close()
-    return port
-
-
 async def test_the_cli_serves_logs_json_and_stops_on_sigterm(clip_server):
-    port = free_port()
-    env = {**os.environ, "REST_BRIDGE_GRPC_TARGET": clip_server.target}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rest_bridge", "--port", str(port), "--host", "127.0.0.1",
-        env=env, stderr=asyncio.subprocess.PIPE,
-    )
-    client = AsyncHTTPClient(force_instance=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                await client.fetch(url + "/healthz")
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        content_type, body = encode_form({"text-1": "a cat"}, {"image-1": image_bytes()})
-        response = await client.fetch(
-            url + "/syte_test/clip", method="POST", body=body,
-            headers={"Content-Type": content_type, "request_id": "123"})
-        assert response.code == 200 and response.headers["request_id"] == "123"
-    finally:
-        client.close()
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 20)
-    assert process.returncode == 0
-    lines = [json.loads(line) for line in stderr.decode().splitlines()]  # every line is JSON
+    env = {"REST_BRIDGE_GRPC_TARGET": clip_server.target}  # the target from the environment
+    async with bridge_process(None, env=env) as bridge:
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            content_type, body = encode_form({"text-1": "a cat"}, {"image-1": image_bytes()})
+            response = await client.fetch(
+                bridge.base_url + "/syte_test/clip", method="POST", body=body,
+                headers={"Content-Type": content_type, "request_id": "123"})
+            assert response.code == 200 and response.headers["request_id"] == "123"
+        finally:
+            client.close()
+    assert bridge.process.returncode == 0  # stopped by SIGTERM on leaving the block
+    lines = [json.loads(line) for line in bridge.log_lines]  # every line is JSON
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])  # the server's format
     access = [line for line in lines if line["logger"] == "rest_bridge.access"]
     assert any(

@@ -17,6 +17,7 @@ from clip_grpc.server import running_server, start_server
 from clip_grpc.v1 import clip_pb2 as pb
 from clip_grpc.v1 import clip_pb2_grpc
 from tests.conftest import image_bytes, server_config
+from tests.waiting import until
 
 GRPCURL = shutil.which("grpcurl") or str(Path(__file__).parents[1] / ".venv/bin/grpcurl")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -247,8 +248,7 @@ async def test_in_flight_work_drains_on_shutdown(tiny_clip_dir, tiny_clip):
         stub = clip_pb2_grpc.ClipServiceStub(channel)
         items = [pb.Item(id=str(i), image=image_bytes(size=(600, 600))) for i in range(64)]
         call = asyncio.ensure_future(stub.Embed(pb.EmbedRequest(items=items)))
-        while running.engine.in_flight == 0:
-            await asyncio.sleep(0.001)
+        await until(lambda: running.engine.in_flight, every=0.001)
         # Begins while the 64 items are in flight; the grace only bounds the wait (stop
         # returns as soon as they are done), so it is generous for a loaded machine.
         await running.stop(grace=120)
