@@ -3,16 +3,17 @@
 A Batcher takes chunks (the prepared items of one request or stream message, submitted with one
 future) from one queue and cuts them into batches of at most max_batch_size items, waiting at
 most max_wait for a batch to fill; a chunk larger than the room left in a batch continues in the
-next one. Each batch runs in the model's executor, and each chunk gets its rows of the output
-(sliced straight from the batch's output array) once its last item has run. While a batch runs,
-the next chunks queue, so under load batches fill without any waiting. A chunk whose caller went
-away (its future was cancelled) is dropped before any more of it reaches the model; a batch that
-fails fails the chunks it held, and no others.
+next one; it waits only while more items are on their way (`coming`), since a batch that nothing
+can join leaves at once. Each batch runs in the model's executor, and each chunk gets its rows
+of the output (sliced straight from the batch's output array) once its last item has run. While
+a batch runs, the next chunks queue, so under load batches fill without any waiting. A chunk
+whose caller went away (its future was cancelled) is dropped before any more of it reaches the
+model; a batch that fails fails the chunks it held, and no others.
 
 Timing is taken per batch, in the model thread: when the batch started and finished. A chunk
-learns, from `submit_many_timed`, its queue wait until the batch that held its last items started
-and that batch's forward seconds; `on_batch`, when set, hears (size, forward seconds) of each
-batch that ran.
+learns, from `submit_many_timed`, its queue wait until the batch that held its last items
+started and that batch's forward seconds; `on_batch`, when set, hears (size, forward seconds) of
+each batch that ran.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)  # recent sizes
         self.on_batch: Callable[[int, float], None] | None = None
+        # When set: how many items are on their way (being prepared) that could still join a
+        # batch. While none are, waiting max_wait for the batch to fill would only idle the model.
+        self.coming: Callable[[], int] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -162,7 +166,8 @@ class Batcher:
                     self._chunks.popleft()
             if size >= self.max_batch_size:
                 return batch
-            if not await self._live_chunk(deadline - loop.time()):
+            more_may_come = self.coming is None or self.coming() > 0
+            if not await self._live_chunk(deadline - loop.time() if more_may_come else 0.0):
                 return batch
 
     async def _loop(self) -> None:

@@ -101,6 +101,9 @@ class Engine:
         self.batchers = {"image": self.image_batcher, "text": self.text_batcher}
         self.in_flight = 0
         self.items_in_flight = {"image": 0, "text": 0}  # per modality, for the metrics
+        self.preparing = {"image": 0, "text": 0}  # in a preprocess thread or waiting for one
+        for modality, batcher in self.batchers.items():  # a batch waits only for these
+            batcher.coming = functools.partial(self.preparing.get, modality)
         self.accepting = False
         self.refusing = False  # the shutdown grace is over: what is left gets ShuttingDown
 
@@ -201,9 +204,13 @@ class Engine:
         self.items_in_flight[modality] += len(inputs)
         gone = threading.Event()
         try:
-            prepared = await loop.run_in_executor(
-                self._preprocess_pool, prepare, inputs, gone, *args
-            )
+            self.preparing[modality] += len(inputs)
+            try:
+                prepared = await loop.run_in_executor(
+                    self._preprocess_pool, prepare, inputs, gone, *args
+                )
+            finally:
+                self.preparing[modality] -= len(inputs)
             preprocess_s = time.perf_counter() - started
             self._check_not_refusing()
             good = [i for i, p in enumerate(prepared) if not isinstance(p, BaseException)]

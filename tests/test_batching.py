@@ -205,3 +205,19 @@ async def test_a_failing_batch_fails_only_the_chunks_in_it(make_batcher):
     assert [isinstance(o, RuntimeError) for o in outcomes] == [True, True, False, False]
     assert [o[0] for o in outcomes[2:]] == [[8], [10]]
     assert model.batches == [[100], [1, 2, 12, 13], [4, 5]]  # the rest of [13, 3] is dropped
+
+
+async def test_a_batch_waits_for_more_only_while_more_are_on_their_way(make_batcher):
+    model = RecordingModel()
+    # A wait no machine could outlast: only knowing that nothing else is coming lets it go.
+    batcher = make_batcher(model, max_batch_size=8, max_wait_s=600)
+    on_their_way = 1
+    batcher.coming = lambda: on_their_way
+    first = asyncio.create_task(batcher.submit(1))
+    await until(lambda: batcher.queued() == 0)  # held, waiting for the one on its way
+    assert not first.done()
+    on_their_way = 0
+    second = asyncio.create_task(batcher.submit(2))  # it arrived; nothing else is coming
+    assert await asyncio.wait_for(asyncio.gather(first, second), 60) == [2, 4]
+    assert await asyncio.wait_for(batcher.submit(3), 60) == 6  # alone, at once
+    assert model.batches == [[1, 2], [3]]
