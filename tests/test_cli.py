@@ -66,10 +66,14 @@ def test_serves_then_exits_cleanly_on_sigterm(tiny_clip_dir):
         assert process.wait(timeout=30) == 0
     finally:
         process.kill()
-    logs = [json.loads(line)["msg"] for line in process.stderr.read().splitlines()
-            if line.startswith("{")]
+    records = [json.loads(line) for line in process.stderr.read().splitlines()
+               if line.startswith("{")]
+    logs = [record["msg"] for record in records]
     assert logs.index("listening") < logs.index("serving") < logs.index("draining")
     assert logs[-1] == "stopped"
+    serving = records[logs.index("serving")]  # the batch limits chosen for the device
+    assert (serving["device"], serving["max_image_batch_size"],
+            serving["max_text_batch_size"]) == ("cpu", 32, 32)
 
 
 def test_bad_values_are_refused_by_name(capsys):
