@@ -23,10 +23,9 @@ import pytest
 import yaml
 
 from clip_grpc.config import ENV_PREFIX as SERVER_PREFIX
-from clip_grpc.config import ServerConfig, parse_args
+from clip_grpc.config import ServerConfig, batch_limits, parse_args
 from clip_grpc.metrics import ServerMetrics
 from clip_grpc.settings import env_name
-from rest_bridge.__main__ import DRAIN_SECONDS as BRIDGE_DRAIN_SECONDS
 from rest_bridge.config import ENV_PREFIX as BRIDGE_PREFIX
 from rest_bridge.config import BridgeConfig, parse_config
 from tests.deploy_render import RenderError, render
@@ -175,7 +174,7 @@ def check_bridge(objs: list[dict], server: ServerConfig) -> None:
     assert port_named(container, "http") == config.port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    check_grace(deployment, BRIDGE_DRAIN_SECONDS)
+    check_grace(deployment, config.grace_seconds)
     check_hardened(deployment)
 
 
@@ -210,7 +209,8 @@ def check_wiring(objs: list[dict]) -> None:
     assert kinds["Pods"]["pods"]["metric"]["name"] in server_gauges()
     server = parsed(parse_args, only_container(find(objs, "Deployment", SERVER)), "server")
     queued = int(kinds["Pods"]["pods"]["target"]["averageValue"])
-    assert queued == 2 * server.max_batch_size, "scale out at two full batches waiting per pod"
+    images = batch_limits(server, server.device)["image"]
+    assert queued == 2 * images, "scale out at two full image batches waiting per pod"
     assert kinds["Resource"]["resource"]["name"] == "cpu"
     assert only_container(find(objs, "Deployment", SERVER))["resources"]["requests"]["cpu"]
 
@@ -355,7 +355,7 @@ BROKEN_PROMISES = {
         objs, "HorizontalPodAutoscaler", SERVER)["spec"]["metrics"][0]["pods"]["metric"].update(
         name="clip_grpc_queue_depth"),
     "HPA target out of step with the batch size": lambda objs: _set_env(
-        _server_container(objs), "CLIP_GRPC_MAX_BATCH_SIZE", "128"),
+        _server_container(objs), "CLIP_GRPC_MAX_IMAGE_BATCH_SIZE", "128"),
     "Service selecting no pod": lambda objs: find(objs, "Service", HEADLESS)["spec"][
         "selector"].update({"app.kubernetes.io/component": "serve"}),
     "bridge aimed at a ClusterIP name": lambda objs: _set_env(only_container(
