@@ -5,6 +5,7 @@ and the bridge's own token towards the server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import ssl
@@ -56,7 +57,7 @@ async def test_api_keys_are_needed_everywhere_but_the_probes(tmp_path, stand_in)
         assert (await bridge.get("/v1/info")).code == 401
 
 
-async def test_a_key_removed_from_the_file_stops_working(tmp_path, stand_in):
+async def test_a_key_removed_from_the_file_stops_working(tmp_path, stand_in, caplog):
     target, _ = stand_in
     keys = write(tmp_path / "keys", "old-key\nkept-key\n")
     async with running_bridge(target, api_key_file=str(keys)) as bridge:
@@ -70,9 +71,16 @@ async def test_a_key_removed_from_the_file_stops_working(tmp_path, stand_in):
         assert await until(old_refused)
         assert (await bridge.get("/v1/info", headers=kept)).code == 200
         assert (await bridge.get("/v1/info", headers={"X-API-Key": "new-key"})).code == 200
-        # A file that cannot be read keeps the keys it had.
+        # A file that cannot be read keeps the keys it had: asked until the bridge has tried
+        # (and failed) to re-read it, the kept key works every time.
         keys.unlink()
-        await asyncio.sleep(1.2)
+
+        async def kept_works_after_a_failed_reread() -> bool:
+            assert (await bridge.get("/v1/info", headers=kept)).code == 200
+            return "could not re-read the API key file" in caplog.text
+
+        with caplog.at_level(logging.ERROR, logger="clip_grpc.watched_file"):
+            assert await until(kept_works_after_a_failed_reread, every=0.2)
         assert (await bridge.get("/v1/info", headers=kept)).code == 200
 
 
