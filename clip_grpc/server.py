@@ -56,6 +56,7 @@ class RunningServer:
     def reload_files(self) -> None:
         """SIGHUP: re-read the token file and the TLS files now (they are also re-read by
         themselves within a second or so of changing)."""
+        log.info("SIGHUP: re-reading the token file and the TLS files")
         for watched in (self.tokens, self.tls):
             if watched is not None:
                 watched.reload()
