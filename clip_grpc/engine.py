@@ -1,4 +1,11 @@
-"""The transport-neutral core: validate, decode, tokenise, batch, normalise. No gRPC types here."""
+"""The transport-neutral core: validate, decode, tokenise, batch, normalise. No gRPC types here.
+
+Work goes per message, not per item: `embed` hands a request's texts to a preprocess thread in
+one go (one batch call of the tokenizer) and its images a few at a time (IMAGES_PER_HANDOFF, so
+threads decode in parallel); each hand-off's good items go to the modality's Batcher as one chunk
+with one future and come back as rows of the model's output array. An item that fails to
+prepare fails alone, with its own error; a ShuttingDown refuses the whole call.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +61,17 @@ class Ranked:
     cosine: float
     probability: float
     score: int
+
+
+async def _settled(jobs: list) -> list:
+    """Each job's result or exception, as gather(return_exceptions=True) gives them, without
+    its task per job when there is only one (a message of texts: the common case)."""
+    if len(jobs) != 1:
+        return await asyncio.gather(*jobs, return_exceptions=True)
+    try:
+        return [await jobs[0]]
+    except Exception as error:
+        return [error]
 
 
 def name_os_thread() -> None:
@@ -253,8 +271,7 @@ class Engine:
             self._embed_chunk("image", self._prepare_images, [items[i].image for i in group], raw)
             for group in image_groups
         ]
-        for group, done in zip(groups + image_groups,
-                               await asyncio.gather(*jobs, return_exceptions=True), strict=True):
+        for group, done in zip(groups + image_groups, await _settled(jobs), strict=True):
             for position, i in enumerate(group):  # a chunk that failed whole fails each item
                 outcomes[i] = done if isinstance(done, BaseException) else done[position]
         return outcomes

@@ -1,7 +1,7 @@
 """Where one call's server time went: preprocess, queue, forward, serialise.
 
 The access-log interceptor opens a `StageTimes` for each unary call (a context variable, so the
-engine's per-item tasks see the same object without it being passed down); the engine and the
+engine's per-hand-off tasks see the same object without it being passed down); the engine and the
 servicer add to it where each stage happens, and the interceptor writes it into the call's
 `server-timing` trailer (W3C Server-Timing syntax, durations in ms):
 
