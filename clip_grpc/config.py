@@ -95,6 +95,10 @@ class ServerConfig:
         None, "file of tokens, one per line: every ClipService call needs 'authorization: "
         "Bearer <token>' (UNAUTHENTICATED otherwise; health stays open); re-read on SIGHUP or "
         "when it changes")
+    health_port: int = setting(
+        0, "also answer grpc.health.v1 alone, in plaintext, on this port of --host, for probes "
+        "that cannot speak TLS (kubelet's gRPC probe); 0: no such port", minimum=0,
+        maximum=65535)
     reflection: str = setting(
         "on", "server reflection: on, off, or auth (needs a token, with --auth-token-file)",
         choices=REFLECTION_MODES)

@@ -48,6 +48,7 @@ class RunningServer:
     engine: Engine | None = None
     tls: ServerTls | None = None
     tokens: TokenSet | None = None
+    health_server: grpc.aio.Server | None = None
 
     @property
     def target(self) -> str:
@@ -109,6 +110,8 @@ class RunningServer:
             self.engine.refuse_remaining()
             await self.gate.wait_idle(margin)
         await self.server.stop(margin)  # only calls that arrived after the gate closed remain
+        if self.health_server:
+            await self.health_server.stop(0)
         if self.engine:
             await self.engine.close()
         if self.metrics_endpoint:
@@ -126,6 +129,20 @@ def _security(config: ServerConfig) -> tuple[ServerTls | None, TokenSet | None]:
     if tokens is not None and tls is None:
         log.warning("--auth-token-file without --tls-cert: tokens travel in plaintext")
     return tls, tokens
+
+
+async def _health_only(config: ServerConfig, health: HealthServicer) -> grpc.aio.Server:
+    """A plaintext listener with grpc.health.v1 alone (the same statuses as the main port), for
+    probes that cannot speak TLS or present a client certificate."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = f"{config.host}:{config.health_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind"
+        raise StartupError(f"--health-port {config.health_port}: {address} is taken") from None
+    await server.start()
+    return server
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
@@ -163,9 +180,15 @@ async def start_server(config: ServerConfig) -> RunningServer:
         if endpoint:
             endpoint.close()
         raise OSError(f"could not bind {config.host}:{config.port}")
+    try:
+        health_server = await _health_only(config, health) if config.health_port else None
+    except StartupError:
+        if endpoint:
+            endpoint.close()
+        raise
     await server.start()
-    running = RunningServer(
-        config, server, port, health, servicer, metrics, gate, endpoint, tls=tls, tokens=tokens)
+    running = RunningServer(config, server, port, health, servicer, metrics, gate, endpoint,
+                            tls=tls, tokens=tokens, health_server=health_server)
     await running.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("listening", extra={
         "address": f"{config.host}:{port}",

@@ -48,9 +48,12 @@ def server_ready(port: int) -> bool:
 
 
 def main() -> int:
+    # A server on TLS answers plaintext probes on its --health-port, when it has one.
+    grpc_port = int(os.environ.get("CLIP_GRPC_HEALTH_PORT", "0")) or int(
+        os.environ.get("CLIP_GRPC_PORT", "50051"))
     probes = {
         "REST bridge": (int(os.environ.get("REST_BRIDGE_PORT", "8081")), bridge_ready),
-        "gRPC server": (int(os.environ.get("CLIP_GRPC_PORT", "50051")), server_ready),
+        "gRPC server": (grpc_port, server_ready),
     }
     answering = {name: ready(port) for name, (port, ready) in probes.items() if listening(port)}
     for name, ready in answering.items():

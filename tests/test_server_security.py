@@ -22,8 +22,10 @@ from clip_grpc.client import Client
 from clip_grpc.embed_cli import main as embed_main
 from clip_grpc.embed_cli import parse_args as embed_parse_args
 from clip_grpc.embed_cli.outputs import load_embeddings
+from clip_grpc.errors import StartupError
 from clip_grpc.server import running_server
 from clip_grpc.v1 import clip_pb2, clip_pb2_grpc
+from tests.bridge_process import free_port
 from tests.certificates import Authority
 from tests.conftest import server_config
 from tests.rest_helpers import error_of, running_bridge
@@ -262,6 +264,35 @@ async def test_grpcurl_with_a_ca_and_a_token(tiny_clip_dir, tiny_clip, pki, toke
         assert json.loads(info.stdout)["embedding_dim"] == 16, info.stderr
         refused = await asyncio.to_thread(grpcurl, running.target, "list")
         assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+
+
+async def test_a_health_port_answers_plaintext_probes_of_a_mtls_server(
+        tiny_clip_dir, tiny_clip, pki, token_file):
+    server, ca, port = pki["server"], pki["ca"], free_port()
+    async with secured(tiny_clip_dir, tiny_clip, tls_cert=str(server.cert),
+                       tls_key=str(server.key), tls_client_ca=str(ca.cert),
+                       auth_token_file=str(token_file), health_port=port) as running:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as probe:
+            assert await health_status(probe) == health_pb2.HealthCheckResponse.SERVING
+            stub = clip_pb2_grpc.ClipServiceStub(probe)
+            metadata = (("authorization", "Bearer alpha-token"),)
+            error = await failure(stub.Info(clip_pb2.InfoRequest(), metadata=metadata, timeout=20))
+            assert error.code() == grpc.StatusCode.UNIMPLEMENTED  # health alone, nothing else
+        async with grpc.aio.insecure_channel(running.target, OWN_CONNECTION) as plaintext:
+            error = await failure(health_status(plaintext))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+        def image_healthcheck(**env: str) -> int:  # the Dockerfile's HEALTHCHECK
+            ports = {"CLIP_GRPC_PORT": str(running.port), "REST_BRIDGE_PORT": str(free_port())}
+            return subprocess.run([sys.executable, str(REPO / "docker" / "healthcheck.py")],
+                                  env={**os.environ, **ports, **env}, capture_output=True,
+                                  timeout=60).returncode
+
+        assert await asyncio.to_thread(image_healthcheck, CLIP_GRPC_HEALTH_PORT=str(port)) == 0
+        assert await asyncio.to_thread(image_healthcheck) == 1  # TLS: no plaintext answer
+        with pytest.raises(StartupError, match="--health-port"):
+            async with secured(tiny_clip_dir, tiny_clip, health_port=port):
+                pass
 
 
 # ---- rotation -------------------------------------------------------------------------------
