@@ -59,10 +59,11 @@ def open_channel(config: BridgeConfig) -> grpc.aio.Channel:
     address = targets.channel_target()
     if not (config.use_tls or targets.tls):
         return grpc.aio.insecure_channel(address, options=options)
-    root_certificates = (
-        Path(config.grpc_root_cert).read_bytes() if config.grpc_root_cert else None
-    )
-    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(
+        read(config.grpc_root_cert), read(config.grpc_client_key), read(config.grpc_client_cert))
     return grpc.aio.secure_channel(address, credentials, options=options)
 
 

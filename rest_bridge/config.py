@@ -32,6 +32,10 @@ class BridgeConfig:
     grpc_tls: bool = setting(False, "use TLS towards the server (system roots)")
     grpc_root_cert: str | None = setting(
         None, "PEM file of the roots that sign the server's certificate (implies TLS)")
+    grpc_client_cert: str | None = setting(
+        None, "PEM certificate chain the bridge presents to a server that requires client "
+        "certificates (mTLS; implies TLS)")
+    grpc_client_key: str | None = setting(None, "PEM private key of --grpc-client-cert")
     grpc_tls_server_name: str | None = setting(
         None, "name expected in the server's certificate, when it differs from the target's")
     max_body_bytes: int = setting(50 * MIB, "largest accepted request body (413 above)",
@@ -82,10 +86,13 @@ class BridgeConfig:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if (self.grpc_client_cert is None) != (self.grpc_client_key is None):
+            raise ValueError("--grpc-client-cert and --grpc-client-key go together")
 
     @property
     def use_tls(self) -> bool:
-        return self.grpc_tls or self.grpc_root_cert is not None
+        return (self.grpc_tls or self.grpc_root_cert is not None
+                or self.grpc_client_cert is not None)
 
     @property
     def https(self) -> bool:

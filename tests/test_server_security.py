@@ -178,22 +178,28 @@ async def test_clip_embed_against_tls_client_certificates_and_a_token(
     assert usage.value.code == 2
 
 
-async def test_the_bridge_reaches_a_tls_and_token_server(
+async def test_the_bridge_reaches_an_mtls_and_token_server(
         tiny_clip_dir, tiny_clip, pki, token_file, tmp_path):
-    server = pki["server"]
+    server, ca, member = pki["server"], pki["ca"], pki["client"]
     bridge_token = tmp_path / "bridge-token"
     bridge_token.write_text("beta-token\n")
     async with secured(tiny_clip_dir, tiny_clip, tls_cert=str(server.cert),
-                       tls_key=str(server.key), auth_token_file=str(token_file)) as running:
-        tls = {"grpc_root_cert": str(pki["ca"].cert)}
+                       tls_key=str(server.key), tls_client_ca=str(ca.cert),
+                       auth_token_file=str(token_file)) as running:
+        tls = {"grpc_root_cert": str(ca.cert)}
+        certificate = {"grpc_client_cert": str(member.cert), "grpc_client_key": str(member.key)}
         async with running_bridge(running.target, grpc_auth_token_file=str(bridge_token),
-                                  **tls) as bridge:
+                                  **tls, **certificate) as bridge:
             answer = await bridge.post_json("/v1/embed", {"items": [{"text": "a red square"}]})
             assert answer.code == 200, answer.body
-        async with running_bridge(running.target, **tls) as tokenless:
+        async with running_bridge(running.target, **tls, **certificate) as tokenless:
             answer = await tokenless.post_json("/v1/embed", {"items": [{"text": "a"}]})
             assert (answer.code, error_of(answer)["code"]) == (503, "UNAVAILABLE")
             assert "token was refused" in error_of(answer)["message"]
+        async with running_bridge(running.target, grpc_auth_token_file=str(bridge_token),
+                                  grpc_timeout_s=5, **tls) as no_certificate:
+            answer = await no_certificate.post_json("/v1/embed", {"items": [{"text": "a"}]})
+            assert answer.code == 503
 
 
 # ---- tokens ---------------------------------------------------------------------------------
