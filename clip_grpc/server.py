@@ -131,16 +131,27 @@ def _security(config: ServerConfig) -> tuple[ServerTls | None, TokenSet | None]:
     return tls, tokens
 
 
+def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
+          credentials: grpc.ServerCredentials | None = None) -> int:
+    """Listen on host:port (TLS with credentials), or a StartupError naming the flag."""
+    address = f"{host}:{port}"
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc's "Failed to bind to address ..."
+        raise StartupError(
+            f"{flag} {port}: cannot listen on {address} (the port is taken, or the host is not "
+            f"an address of this machine); choose another port"
+        ) from None
+
+
 async def _health_only(config: ServerConfig, health: HealthServicer) -> grpc.aio.Server:
     """A plaintext listener with grpc.health.v1 alone (the same statuses as the main port), for
     probes that cannot speak TLS or present a client certificate."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    address = f"{config.host}:{config.health_port}"
-    try:
-        server.add_insecure_port(address)
-    except RuntimeError:  # grpc's "Failed to bind"
-        raise StartupError(f"--health-port {config.health_port}: {address} is taken") from None
+    _bind(server, "--health-port", config.host, config.health_port)
     await server.start()
     return server
 
@@ -171,16 +182,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
              reflection.SERVICE_NAME),
             server,
         )
-    address = f"{config.host}:{config.port}"
-    if tls is not None:
-        port = server.add_secure_port(address, tls.credentials())
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        if endpoint:
-            endpoint.close()
-        raise OSError(f"could not bind {config.host}:{config.port}")
     try:
+        port = _bind(server, "--port", config.host, config.port,
+                     tls.credentials() if tls is not None else None)
         health_server = await _health_only(config, health) if config.health_port else None
     except StartupError:
         if endpoint:

@@ -86,3 +86,27 @@ def test_bad_values_are_refused_by_name(capsys):
         with pytest.raises(SystemExit) as caught:
             parse_args(argv, environ={})
         assert caught.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_taken_port_stops_startup_naming_the_flag(tmp_path):
+    """Plaintext and TLS alike: grpc raises on a failed bind, which must not be a traceback."""
+    from tests.certificates import self_signed_certificate
+
+    key, cert = self_signed_certificate(tmp_path, "IP:127.0.0.1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for tls in ([], ["--tls-cert", str(cert), "--tls-key", str(key)]):
+            done = subprocess.run(
+                [sys.executable, "-m", "clip_grpc", "--host", "127.0.0.1", "--port", str(port),
+                 "--metrics-port", "0", *tls],
+                capture_output=True, text=True, timeout=120,
+            )
+            assert done.returncode == 2, done.stderr
+            assert "Traceback" not in done.stderr
+            records = [json.loads(line) for line in done.stderr.splitlines()
+                       if line.startswith("{")]
+            assert [r["msg"] for r in records if r["level"] == "error"] == [
+                f"cannot start: --port {port}: cannot listen on 127.0.0.1:{port} (the port is "
+                "taken, or the host is not an address of this machine); choose another port"]
