@@ -50,9 +50,12 @@ class ServerConfig:
         False, "torch.compile the model for fixed batch sizes (powers of two up to each batch "
         "limit) and text widths (16, 32, 64 tokens, the context); CUDA graphs on CUDA; every "
         "shape compiled and run at start: slower start, faster batches")
-    # Matters only while the model is idle: under load batches fill as the previous one runs.
+    # The batcher waits only while Batcher.coming counts items still in preparation; under load
+    # batches fill as the previous one runs.
     max_wait_ms: float = setting(
-        1.0, "longest an item waits for its batch to fill while the model is idle", minimum=0)
+        1.0, "longest a batch waits to fill, and only while more items of its kind are still "
+        "being prepared (images decoded, texts tokenised); with none on their way it runs at "
+        "once", minimum=0)
     max_queue_size: int = setting(
         4096, "most items in flight across all RPCs; beyond it RESOURCE_EXHAUSTED", minimum=1)
     stream_window: int = setting(256, "most items one stream may have in flight", minimum=1)

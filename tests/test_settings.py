@@ -88,3 +88,14 @@ def test_the_readme_lists_every_flag(title, config_class):
     missing = [flag_name(f.name) for f in dataclasses.fields(config_class)
                if f"`{flag_name(f.name)}`" not in section]
     assert not missing, f"README section '{title}' has no table row for {missing}"
+
+
+def test_max_wait_is_described_as_the_batcher_applies_it():
+    """The batcher waits only while items are being prepared (Batcher.coming), not whenever the
+    model is idle: --help and the README row must say so."""
+    help_text = next(f.metadata["help"] for f in dataclasses.fields(ServerConfig)
+                     if f.name == "max_wait_ms")
+    row = next(line for line in _readme_section("The server").splitlines()
+               if line.startswith("| `--max-wait-ms`"))
+    for text in (help_text, row):
+        assert "idle" not in text and "being prepared" in text and "at once" in text
