@@ -94,16 +94,33 @@ def test_thread_cpu_times_cover_this_process_threads():
 def test_the_overhead_section_reports_cpu_per_item_and_the_ratio_to_preprocessing_alone():
     from bench.overhead import section
 
-    row = {"items_per_s": 700.0, "server_cpu_us": 1500.0, "busiest_thread_us": 400.0,
+    row = {"items_per_s": 700.0, "server_cpu_us": 1500.0, "model_thread_us": 300.0,
+           "serving_cpu_us": 1200.0, "busiest_thread_us": 400.0,
            "busiest_thread": "preprocess_0", "event_loop_us": 110.0, "alone_us": 1000.0,
-           "server_vs_alone": 1.5, "client_cpu_us": 300.0}
+           "serving_vs_alone": 1.2, "server_vs_alone": 1.5, "client_cpu_us": 30.0}
     result = {"description": "near-free", "server_flags": [], "server_env": {}, "rounds": 2,
               "load_average": {"start": (1.0, 1.0, 1.0), "end": (2.0, 2.0, 2.0)},
               "stream_load": {"streams": 4, "items_per_message": 8, "messages_in_flight": 2},
               "image_side": 224, "result": {"image": row, "text": row}}
     text = section(result, {"cpu": "x", "cores": 2, "torch": "t"}, "now")
-    assert "| image | 700 | 1,500 | 400 (preprocess_0) | 110 | 1,000 | **1.50** | 300 |" in text
+    assert ("| image | 700 | 1,500 | 300 | 1,200 | 400 (preprocess_0) | 110 | 1,000 | **1.20** | "
+            "1.50 | 30 |") in text
     assert "loadavg 1.00 1.00 1.00 at start" in text
+
+
+def test_the_model_thread_is_counted_apart_from_the_serving_path():
+    from bench.overhead import split_cpu
+
+    # pid 10 is the event loop; the model thread is the busiest but is not serving overhead
+    by_thread = {10: 0.2, 11: 0.3, 12: 0.9, 13: 0.1}
+    names = {10: "python", 11: "preprocess-0", 12: "model-0", 13: "event_engine"}
+    split = split_cpu(1.6, by_thread, names, pid=10, per_item=1e6 / 1000)  # 1,000 items
+    assert split.pop("busiest_thread") == "preprocess-0"
+    assert split == pytest.approx({"server_cpu_us": 1600, "model_thread_us": 900,
+                                   "serving_cpu_us": 700, "busiest_thread_us": 300,
+                                   "event_loop_us": 200})
+    split = split_cpu(1.6, {**by_thread, 11: 0.05}, names, pid=10, per_item=1.0)
+    assert split["busiest_thread"] == "event loop" and split["busiest_thread_us"] == 0.2
 
 
 def test_the_bench_runs_on_cpu_unless_told_and_sizes_batches_per_modality():
