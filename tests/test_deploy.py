@@ -126,6 +126,23 @@ def check_grace(deployment: dict, drain_s: float) -> None:
     assert grace > pause + drain_s, f"grace {grace} s <= preStop {pause} s + drain {drain_s} s"
 
 
+def check_mounted_file(deployment: dict, container: dict, path: str, sources: set[str]) -> None:
+    """`path` is a file of a read-only mount of a volume of one of these kinds (secret, ...),
+    one the volume projects (all its keys, or the `items` it lists)."""
+    mounts = [m for m in container.get("volumeMounts", [])
+              if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{path}: on no mounted volume of {container['name']}"
+    (mount,) = mounts
+    assert mount.get("readOnly") is True, f"{mount['mountPath']} is mounted writable"
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+    kinds = set(volume) & sources
+    assert kinds, f"{path}: volume {volume['name']} is not a {' or '.join(sorted(sources))}"
+    (kind,) = kinds
+    items = volume[kind].get("items")
+    inside = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    assert items is None or inside in {i["path"] for i in items}, f"{path}: not projected"
+
+
 def check_server(objs: list[dict]) -> ServerConfig:
     deployment = find(objs, "Deployment", SERVER)
     container = only_container(deployment)
@@ -135,10 +152,18 @@ def check_server(objs: list[dict]) -> ServerConfig:
     assert config.metrics_port > 0 and port_named(container, "metrics") == config.metrics_port
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(config.metrics_port)
+    if config.tls_cert:  # the kubelet's gRPC probe speaks plaintext and presents no certificate
+        assert config.health_port, "a TLS server needs CLIP_GRPC_HEALTH_PORT for its probes"
+        for path in (config.tls_cert, config.tls_key, config.tls_client_ca):
+            if path:
+                check_mounted_file(deployment, container, path, {"secret"})
+    if config.health_port:
+        assert config.health_port not in (config.port, config.metrics_port), "ports collide"
+    health_port = config.health_port or config.port
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container[kind]
         assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, kind
-        assert probe["grpc"] == {"port": config.port}, f"{kind} is not the server's health port"
+        assert probe["grpc"] == {"port": health_port}, f"{kind} is not the server's health port"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_BUDGET_S
     check_grace(deployment, config.grace_seconds)
@@ -171,6 +196,12 @@ def check_bridge(objs: list[dict], server: ServerConfig) -> None:
     (grpc_port,) = [p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc"]
     assert grpc_port == server.port
     assert config.grpc_target == f"dns:///{HEADLESS}:{grpc_port}"
+    assert config.use_tls == bool(server.tls_cert), "the bridge and the server disagree on TLS"
+    if server.tls_cert:  # a private CA: no public one signs an in-cluster name
+        assert config.grpc_root_cert, "the bridge needs the CA of the server's certificate"
+        check_mounted_file(deployment, container, config.grpc_root_cert, {"secret", "configMap"})
+    if server.tls_client_ca:
+        assert config.grpc_client_cert, "the server asks for a client certificate"
     assert port_named(container, "http") == config.port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -231,7 +262,7 @@ def dockerfile_uid() -> int:
 # -- every rendering ---------------------------------------------------------------------------
 
 def test_the_expected_renderings_exist():
-    assert {"base", "overlays/gpu", "overlays/hostpath-model"} <= set(RENDERINGS)
+    assert {"base", "overlays/gpu", "overlays/hostpath-model", "overlays/tls"} <= set(RENDERINGS)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -284,6 +315,25 @@ def test_hostpath_overlay_swaps_the_claim_for_a_node_folder():
     volumes = pod_spec(find(objs, "Deployment", SERVER))["volumes"]
     (model,) = [v for v in volumes if v["name"] == "model"]
     assert set(model) == {"name", "hostPath"}
+
+
+def test_tls_overlay_serves_tls_and_probes_the_plaintext_health_port():
+    objs = objects("overlays/tls")
+    server = check_server(objs)
+    assert server.tls_cert and server.tls_key and server.health_port
+    container = only_container(find(objs, "Deployment", SERVER))
+    assert {container[kind]["grpc"]["port"] for kind in (
+        "startupProbe", "readinessProbe", "livenessProbe")} == {server.health_port}
+    # The base's settings are kept beside the overlay's, and the base itself stays plaintext.
+    assert env_of(container)["CLIP_GRPC_MAX_CONNECTION_AGE_S"] == "300"
+    assert check_server(objects("base")).tls_cert is None
+    bridge = only_container(find(objs, "Deployment", BRIDGE))
+    bridge_config = parsed(parse_config, bridge, "bridge")
+    assert bridge_config.use_tls and bridge_config.grpc_root_cert
+    # The bridge gets the CA alone, never the server's key.
+    (volume,) = [v for v in pod_spec(find(objs, "Deployment", BRIDGE))["volumes"]
+                 if "secret" in v]
+    assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]
 
 
 def test_prometheus_adapter_rule_serves_the_hpa_metric():
@@ -367,6 +417,55 @@ BROKEN_PROMISES = {
 def test_invariant_checks_catch(broken):
     objs = objects("base")
     BROKEN_PROMISES[broken](objs)
+    with pytest.raises(AssertionError):
+        server = check_server(objs)
+        check_bridge(objs, server)
+        check_wiring(objs)
+
+
+def _set_probes(container, port):
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        container[kind]["grpc"]["port"] = port
+
+
+def _drop_env(container, name):
+    container["env"] = [e for e in container["env"] if e["name"] != name]
+
+
+def _secret_volume(deployment):
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if "secret" in v]
+    return volume
+
+
+BROKEN_TLS_PROMISES = {
+    "probes on the TLS port": lambda objs: _set_probes(_server_container(objs), 50051),
+    "one probe on the TLS port": lambda objs: _server_container(objs)["livenessProbe"].update(
+        grpc={"port": 50051}),
+    "no health port": lambda objs: _drop_env(_server_container(objs), "CLIP_GRPC_HEALTH_PORT"),
+    "health port on the metrics port": lambda objs: (
+        _set_env(_server_container(objs), "CLIP_GRPC_HEALTH_PORT", "9090"),
+        _set_probes(_server_container(objs), 9090)),
+    "misspelt TLS setting": lambda objs: (
+        _drop_env(_server_container(objs), "CLIP_GRPC_TLS_KEY"),
+        _set_env(_server_container(objs), "CLIP_GRPC_TLS_KEYFILE", "/tls/tls.key")),
+    "key outside the Secret": lambda objs: _set_env(
+        _server_container(objs), "CLIP_GRPC_TLS_KEY", "/model/tls.key"),
+    "writable certificate mount": lambda objs: [
+        m for m in _server_container(objs)["volumeMounts"] if m["mountPath"] == "/tls"][0].update(
+        readOnly=False),
+    "bridge in plaintext": lambda objs: _drop_env(
+        only_container(find(objs, "Deployment", BRIDGE)), "REST_BRIDGE_GRPC_ROOT_CERT"),
+    "bridge's CA not projected": lambda objs: _secret_volume(find(objs, "Deployment", BRIDGE))[
+        "secret"].update(items=[{"key": "tls.crt", "path": "tls.crt"}]),
+    "mTLS without a bridge certificate": lambda objs: _set_env(
+        _server_container(objs), "CLIP_GRPC_TLS_CLIENT_CA", "/tls/ca.crt"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_TLS_PROMISES))
+def test_tls_invariant_checks_catch(broken):
+    objs = objects("overlays/tls")
+    BROKEN_TLS_PROMISES[broken](objs)
     with pytest.raises(AssertionError):
         server = check_server(objs)
         check_bridge(objs, server)
