@@ -49,11 +49,24 @@ class RetryPolicy:
     def retryable(self, error: Exception) -> bool:
         if isinstance(error, Refused):
             return error.code() in self.refusal_codes
-        return isinstance(error, grpc.aio.AioRpcError) and error.code() in self.codes
+        if not isinstance(error, grpc.aio.AioRpcError):
+            return False
+        return error.code() in self.codes or _lost_status(error)
 
     def delay(self, attempt: int) -> float:
         ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _lost_status(error: grpc.aio.AioRpcError) -> bool:
+    """grpcio's asyncio client reports a write that fails because the server has just ended the
+    stream (a restart, a drain) as INTERNAL "Internal error from Core", hiding the status the
+    server sent (grpc/grpc#36066). Nothing about the request caused it, so it is retried as the
+    UNAVAILABLE it stands for; every other INTERNAL is the server's own answer and is not."""
+    return error.code() == grpc.StatusCode.INTERNAL and (
+        error.details() == "Internal error from Core"
+        or 'Failed "execute_batch"' in (error.debug_error_string() or "")
+    )
 
 
 class Outage:
