@@ -16,6 +16,7 @@ from clip_grpc.engine import Engine, Input
 from clip_grpc.errors import StartupError
 from clip_grpc.model import compiled
 from clip_grpc.model.encoder import Encoder, HostBuffers
+from clip_grpc.model.loading import load_model
 from tests.conftest import image_bytes, server_config
 
 SENTENCES = ["a dog", "a photo of a red circle on a blue background", "x",
@@ -59,6 +60,21 @@ def test_images_through_reused_buffers_equal_the_plain_forward_pass(tiny_clip):
         batch = pixels(count, seed)
         np.testing.assert_array_equal(encoder.embed_images(batch),
                                       reference_images(tiny_clip.model, batch))
+
+
+def test_bf16_images_are_built_in_bf16_and_equal_stacking_then_converting(tiny_clip_dir):
+    loaded = load_model(tiny_clip_dir, device="cpu", dtype="bf16")
+    encoder = Encoder(loaded)
+    for count, seed in ((5, 0), (2, 1), (7, 3)):
+        batch = pixels(count, seed)
+        built = encoder.image_batch(batch)
+        assert built.dtype == torch.bfloat16 and built.shape == (count, 3, 32, 32)
+        assert torch.equal(built, torch.from_numpy(np.stack(batch)).to(torch.bfloat16))
+        with torch.inference_mode():
+            expected = loaded.model.get_image_features(
+                pixel_values=torch.from_numpy(np.stack(batch)).to(torch.bfloat16))
+        expected = expected if isinstance(expected, torch.Tensor) else expected.pooler_output
+        np.testing.assert_array_equal(encoder.embed_images(batch), expected.float().numpy())
 
 
 def test_texts_through_reused_buffers_equal_a_fresh_encoder(tiny_clip):

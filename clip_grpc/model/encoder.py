@@ -104,11 +104,18 @@ class Encoder:
         return features[:count].float().cpu().numpy()  # one copy back, padding rows left out
 
     def image_batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        """The images in one host buffer, in one copy: on CPU in the model's dtype (bf16 is
+        converted as it is copied, not stacked in float32 and converted after), on CUDA in
+        float32 (converted on the GPU, not by the CPU that feeds it)."""
         rows = self._rows("image", len(pixels))
-        host = self.host.get("pixel_values", (rows, *pixels[0].shape), torch.float32)
-        array = host.numpy()
-        np.stack(pixels, out=array[:len(pixels)])
-        array[len(pixels):] = 0
+        dtype = torch.float32 if self.on_cuda else self.dtype
+        host = self.host.get("pixel_values", (rows, *pixels[0].shape), dtype)
+        if dtype == torch.float32:
+            np.stack(pixels, out=host.numpy()[:len(pixels)])
+        else:  # numpy has no bfloat16: torch converts each image as it copies it in
+            for row, image in zip(host, pixels, strict=False):
+                row.copy_(torch.from_numpy(image))
+        host[len(pixels):] = 0
         return self._upload(host).to(self.dtype)
 
     def embed_images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
