@@ -140,21 +140,35 @@ async def stream_runs(target: str, server: processes.Child, images, texts, args,
         requests = grpc_stream.messages(kind, images, texts, load.items_per_message, count)
         await grpc_stream.drive(target, requests, load, load.warmup_seconds,
                                 require_answers=False)
+        batches = await processes.model_busy_totals(server.metrics_url)
         cpu = {"server": server.cpu_seconds(), "client": time.process_time()}
         at_end = {}
 
         def window_end(at_end=at_end):
-            at_end.update(server=server.cpu_seconds(), client=time.process_time())
+            at_end.update(server=server.cpu_seconds(), client=time.process_time(),
+                          batches=asyncio.ensure_future(
+                              processes.model_busy_totals(server.metrics_url)))
 
         seconds = window_seconds(args, ceiling, kind)
         row = await grpc_stream.drive(target, requests, load, seconds, window_end)
         for side in ("server", "client"):
             row[f"{side}_cpu_ms_per_item"] = (at_end[side] - cpu[side]) * 1000 / row["items"]
+        row.update(model_busy(batches[kind], (await at_end["batches"])[kind], seconds))
         print(f"  EmbedStream {kind:5}: {row['items_per_s']:9.1f} items/s, p50 "
               f"{row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms per message, server CPU "
-              f"{row['server_cpu_ms_per_item']:.2f} ms/item", flush=True)
+              f"{row['server_cpu_ms_per_item']:.2f} ms/item, model busy "
+              f"{row['model_busy']:.2f} of the window, mean batch {row['mean_batch']:.1f}",
+              flush=True)
         results[kind] = row
     return results
+
+
+def model_busy(before: dict, after: dict, seconds: float) -> dict:
+    """How busy the server's model was in a window: its forward seconds over the window's (the
+    batches finished in it; 1.0 = never idle) and the mean size of those batches."""
+    batches = after["batches"] - before["batches"]
+    return {"model_busy": (after["forward_s"] - before["forward_s"]) / seconds,
+            "mean_batch": (after["items"] - before["items"]) / batches if batches else 0.0}
 
 
 async def rest_runs(target: str, images, texts, model_only_result: dict | None, args) -> dict:

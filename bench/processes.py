@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,17 +94,20 @@ async def http_ready(url: str) -> bool:
     return response.code == 200
 
 
-def server_command(model: Path, port: int, server_flags: list[str], device: str) -> list[str]:
+def server_command(model: Path, port: int, server_flags: list[str], device: str,
+                   metrics_port: int = 0) -> list[str]:
     return ["-m", "clip_grpc", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
             "--device", device, "--log-format", "text", "--log-level", "WARNING",
-            "--metrics-port", "0", *server_flags]
+            "--metrics-port", str(metrics_port), *server_flags]
 
 
 async def start_server(model: Path, server_flags: list[str], env: dict[str, str],
                        device: str = "cpu") -> tuple:
-    """`python -m clip_grpc` on a free port; returns (child, target) once it is SERVING."""
-    port = free_port()
-    child = Child("server", server_command(model, port, server_flags, device), env)
+    """`python -m clip_grpc` on a free port; returns (child, target) once it is SERVING. Its
+    /metrics (on another free port) is at child.metrics_url, for model_busy_totals."""
+    port, metrics_port = free_port(), free_port()
+    child = Child("server", server_command(model, port, server_flags, device, metrics_port), env)
+    child.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     target = f"127.0.0.1:{port}"
     try:
         await child.wait_until(lambda: grpc_serving(target), timeout_s=600)
@@ -152,3 +156,28 @@ def thread_names(pid: int) -> dict[int, str]:
         except OSError:
             continue
     return names
+
+
+BATCH_SAMPLES = {"clip_grpc_forward_seconds_sum": "forward_s",
+                 "clip_grpc_forward_seconds_count": "batches", "clip_grpc_batch_size_sum": "items"}
+
+
+async def model_busy_totals(metrics_url: str) -> dict[str, dict[str, float]]:
+    """Per modality, from the server's own /metrics: seconds its model thread has spent in
+    forward passes, batches and items so far (two readings apart give how busy the model was)."""
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        body = (await client.fetch(metrics_url, request_timeout=10.0)).body.decode()
+    finally:
+        client.close()
+    return parse_batch_totals(body)
+
+
+def parse_batch_totals(body: str) -> dict[str, dict[str, float]]:
+    totals: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name in BATCH_SAMPLES:
+                modality = totals.setdefault(sample.labels["modality"], {})
+                modality[BATCH_SAMPLES[sample.name]] = sample.value
+    return totals

@@ -57,6 +57,8 @@ def model_section(result: dict, machine: dict, when: str) -> str:
             f"{_fmt(row['items_per_s'])} | {_fmt(row['p50_ms'], 2)} | {_fmt(row['p95_ms'], 2)} | "
             f"{_fmt(row['p99_ms'], 2)} | **{row['ratio_to_model_only']:.2f}** "
             f"({', '.join(f'{r:.2f}' for r in row['ratio_by_round'])}) |")
+    busy = [f"{kind}s {row['model_busy']:.2f} (mean batch {row['mean_batch']:.1f})"
+            for kind, row in result["grpc_stream"].items() if "model_busy" in row]
     rest = result["rest"]
     if "skipped" in rest:
         lines.append(f"| REST bridge | skipped: {rest['skipped']} | | | | |")
@@ -71,6 +73,9 @@ def model_section(result: dict, machine: dict, when: str) -> str:
                       f"bridge process's own CPU: {c1.get('bridge_cpu_ms_per_request', 0):.2f} "
                       f"ms per request); beyond the forward passes alone (batch-1 image + "
                       f"batch-1 text, p50): {rest.get('beyond_forward_ms_c1', 0):.2f} ms."]
+    if busy:
+        lines += ["", "The server's model was busy (its forward seconds over the EmbedStream "
+                  "window, from its own /metrics; 1.00 = never idle): " + ", ".join(busy) + "."]
     lines += ["", "Where the time goes, server CPU ms per item (steps timed alone on one thread; "
               "forward: all torch threads, at the largest batch; the rest: the server's measured "
               "CPU per item in the EmbedStream run minus the listed steps):", "",

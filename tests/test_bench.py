@@ -176,3 +176,26 @@ def test_a_gpu_run_gets_its_own_section_naming_the_device():
     assert "| model-only images, batch 1 (latency per batch) | 10.0 |" in text
     assert report.section_key(gpu) == "model=vit-l14 device=cuda"
     assert report.section_key({**result, "device": "cpu"}) == "model=vit-l14"
+
+
+def test_model_busy_comes_from_the_servers_forward_seconds_and_batch_sizes():
+    from bench.__main__ import model_busy
+    from bench.processes import parse_batch_totals
+    from clip_grpc.metrics import ServerMetrics
+
+    def scrape(metrics):
+        from prometheus_client import generate_latest
+        return parse_batch_totals(generate_latest(metrics.registry).decode())
+
+    metrics = ServerMetrics({"image": 32, "text": 32})
+    metrics.batch_done("image", 4, 0.5)
+    before = scrape(metrics)
+    metrics.batch_done("image", 32, 3.0)
+    metrics.batch_done("image", 16, 1.5)
+    metrics.batch_done("text", 8, 0.25)
+    after = scrape(metrics)
+    assert before["image"] == {"forward_s": 0.5, "batches": 1, "items": 4}
+    busy = model_busy(before["image"], after["image"], seconds=5.0)
+    assert busy == pytest.approx({"model_busy": 0.9, "mean_batch": 24.0})
+    assert model_busy(before["text"], after["text"], 1.0) == pytest.approx(
+        {"model_busy": 0.25, "mean_batch": 8.0})
