@@ -274,12 +274,15 @@ def test_every_object_validates_strictly(name, version):
         kubernetes_validate.validate(obj, version, strict=True)
 
 
-@pytest.mark.parametrize("name", RENDERINGS)
-def test_server_bridge_and_wiring_keep_their_promises(name):
-    objs = objects(name)
+def check_all(objs):
     server = check_server(objs)
     check_bridge(objs, server)
     check_wiring(objs)
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_server_bridge_and_wiring_keep_their_promises(name):
+    check_all(objects(name))
 
 
 def test_base_serves_on_cpu_from_the_model_claim():
@@ -418,9 +421,7 @@ def test_invariant_checks_catch(broken):
     objs = objects("base")
     BROKEN_PROMISES[broken](objs)
     with pytest.raises(AssertionError):
-        server = check_server(objs)
-        check_bridge(objs, server)
-        check_wiring(objs)
+        check_all(objs)
 
 
 def _set_probes(container, port):
@@ -467,9 +468,7 @@ def test_tls_invariant_checks_catch(broken):
     objs = objects("overlays/tls")
     BROKEN_TLS_PROMISES[broken](objs)
     with pytest.raises(AssertionError):
-        server = check_server(objs)
-        check_bridge(objs, server)
-        check_wiring(objs)
+        check_all(objs)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl to compare with")
