@@ -117,9 +117,12 @@ async def test_in_flight_and_queued_gauges_follow_the_engine(tiny_clip_dir, tiny
     engine._model_thread.submit(lambda: (model_busy.set(), release.wait(60)))
     try:
         await asyncio.to_thread(model_busy.wait, 60)
+        formed = len(engine.text_batcher.batch_sizes)
         first = asyncio.create_task(engine.embed([Input("a", text="first")]))
-        await until(lambda: engine.text_batcher.queued() == 0 and gauge(
-            "clip_grpc_items_in_flight") == 1)  # taken into a batch, waiting for the model
+        # Taken into a batch of its own, waiting for the model (counting the in-flight gauge
+        # alone could see it still being tokenised, and the later items could join its batch).
+        await until(lambda: len(engine.text_batcher.batch_sizes) > formed)
+        assert gauge("clip_grpc_items_in_flight") == 1
         later = [asyncio.create_task(engine.embed([Input(str(i), text=f"later {i}")]))
                  for i in range(2)]
         await until(lambda: gauge("clip_grpc_items_queued") == 2)

@@ -153,5 +153,7 @@ async def test_eight_concurrent_45_mb_bodies_are_held_at_most_about_twice():
             client.close()
         assert [r.code for r in responses] == [400] * 8  # the stand-in refuses every image
         peak, kept = bridge.rss_bytes("VmHWM") - baseline, bridge.rss_bytes() - baseline
-    assert peak < 2.5 * total, f"peak {peak / MIB:.0f} MiB for {total / MIB:.0f} MiB of bodies"
+    # Measured 1.8-2.3x the bodies on a quiet machine, 2.6x once in a loaded CI run (when the
+    # eight requests' parsing overlaps more); the bug this guards against held 3.5x.
+    assert peak < 3.0 * total, f"peak {peak / MIB:.0f} MiB for {total / MIB:.0f} MiB of bodies"
     assert kept < 0.25 * total, f"{kept / MIB:.0f} MiB kept after the requests"
