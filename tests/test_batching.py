@@ -30,6 +30,14 @@ class RecordingModel:
     async def wait_running(self) -> None:
         assert await asyncio.to_thread(self.running.wait, 60), "no batch reached the model"
 
+    async def held(self, submitted) -> asyncio.Task:
+        """Hold the model on the batch of `submitted` (a batcher call): once it is running,
+        the task, until release is set."""
+        self.release.clear()
+        task = asyncio.create_task(submitted)
+        await self.wait_running()
+        return task
+
 
 @pytest.fixture
 async def make_batcher():
@@ -100,9 +108,7 @@ async def test_a_lone_item_does_not_wait_with_zero_max_wait(make_batcher):
 async def test_items_gather_while_the_model_is_busy(make_batcher):
     model = RecordingModel()
     batcher = make_batcher(model, max_batch_size=16, max_wait_s=0.0)
-    model.release.clear()
-    first = asyncio.create_task(batcher.submit(0))
-    await model.wait_running()  # batch [0] is running and held
+    first = await model.held(batcher.submit(0))  # batch [0] is running and held
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
     await until(lambda: batcher.queued() == 5)
     model.release.set()
@@ -113,9 +119,7 @@ async def test_items_gather_while_the_model_is_busy(make_batcher):
 async def test_cancelled_items_never_reach_the_model(make_batcher):
     model = RecordingModel()
     batcher = make_batcher(model, max_batch_size=16, max_wait_s=0.0)
-    model.release.clear()
-    blocker = asyncio.create_task(batcher.submit(100))
-    await model.wait_running()
+    blocker = await model.held(batcher.submit(100))
     waiting = {i: asyncio.create_task(batcher.submit(i)) for i in range(10)}
     await until(lambda: batcher.queued() == 10)
     cancelled = [waiting[i] for i in (1, 3, 5, 7)]
@@ -148,9 +152,7 @@ async def test_a_failing_batch_fails_its_items_and_the_batcher_goes_on(make_batc
 async def test_chunks_are_cut_across_batches_and_come_back_whole_and_in_order(make_batcher):
     model = RecordingModel()
     batcher = make_batcher(model, max_batch_size=4, max_wait_s=0.0)
-    model.release.clear()
-    blocker = asyncio.create_task(batcher.submit(100))
-    await model.wait_running()
+    blocker = await model.held(batcher.submit(100))
     chunks = [list(range(0, 3)), list(range(10, 16)), [20]]
     tasks = [asyncio.create_task(batcher.submit_many_timed(c)) for c in chunks]
     await until(lambda: batcher.queued() == 10)
@@ -171,9 +173,7 @@ async def test_a_chunk_of_arrays_gets_its_rows_of_the_output_array(make_batcher)
 async def test_a_cancelled_chunk_is_dropped_even_when_partly_run(make_batcher):
     model = RecordingModel()
     batcher = make_batcher(model, max_batch_size=2, max_wait_s=0.0)
-    model.release.clear()
-    gone = asyncio.create_task(batcher.submit_many_timed([1, 2, 3, 4, 5]))
-    await model.wait_running()  # [1, 2] is in the model
+    gone = await model.held(batcher.submit_many_timed([1, 2, 3, 4, 5]))  # [1, 2] in the model
     kept = asyncio.create_task(batcher.submit_many_timed([7]))
     await until(lambda: batcher.queued() == 4)
     gone.cancel()
@@ -193,9 +193,7 @@ async def test_a_failing_batch_fails_only_the_chunks_in_it(make_batcher):
 
     model = FailsOn13()
     batcher = make_batcher(model, max_batch_size=4, max_wait_s=0.0)
-    model.release.clear()
-    blocker = asyncio.create_task(batcher.submit(100))
-    await model.wait_running()
+    blocker = await model.held(batcher.submit(100))
     chunks = ([1, 2, 12], [13, 3], [4], [5])
     tasks = [asyncio.create_task(batcher.submit_many_timed(c)) for c in chunks]
     await until(lambda: batcher.queued() == 7)
