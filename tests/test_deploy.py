@@ -416,14 +416,6 @@ BROKEN_PROMISES = {
 }
 
 
-@pytest.mark.parametrize("broken", sorted(BROKEN_PROMISES))
-def test_invariant_checks_catch(broken):
-    objs = objects("base")
-    BROKEN_PROMISES[broken](objs)
-    with pytest.raises(AssertionError):
-        check_all(objs)
-
-
 def _set_probes(container, port):
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         container[kind]["grpc"]["port"] = port
@@ -463,10 +455,15 @@ BROKEN_TLS_PROMISES = {
 }
 
 
-@pytest.mark.parametrize("broken", sorted(BROKEN_TLS_PROMISES))
-def test_tls_invariant_checks_catch(broken):
-    objs = objects("overlays/tls")
-    BROKEN_TLS_PROMISES[broken](objs)
+BROKEN_RENDERINGS = [("base", BROKEN_PROMISES), ("overlays/tls", BROKEN_TLS_PROMISES)]
+
+
+@pytest.mark.parametrize(("rendering", "broken"), [
+    (rendering, broken) for rendering, promises in BROKEN_RENDERINGS for broken in sorted(promises)
+])
+def test_invariant_checks_catch(rendering, broken):
+    objs = objects(rendering)
+    dict(BROKEN_RENDERINGS)[rendering][broken](objs)
     with pytest.raises(AssertionError):
         check_all(objs)
 
