@@ -87,6 +87,10 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _in_groups(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[k : k + size] for k in range(0, len(indices), size)]
+
+
 class Engine:
     def __init__(
         self, loaded: LoadedModel, config: ServerConfig, metrics: ServerMetrics | None = None
@@ -259,14 +263,13 @@ class Engine:
         for i, item in enumerate(items):
             if item.image is None and item.text is None:
                 outcomes[i] = InvalidInput("item has neither text nor image", "content")
-        groups = [texts[k : k + TEXTS_PER_HANDOFF] for k in range(0, len(texts), TEXTS_PER_HANDOFF)]
+        groups = _in_groups(texts, TEXTS_PER_HANDOFF)
         jobs = [
             self._embed_chunk("text", self._tokenize_many, [items[i].text for i in group], raw,
                               truncate)
             for group in groups
         ]
-        image_groups = [images[k : k + IMAGES_PER_HANDOFF]
-                        for k in range(0, len(images), IMAGES_PER_HANDOFF)]
+        image_groups = _in_groups(images, IMAGES_PER_HANDOFF)
         jobs += [
             self._embed_chunk("image", self._prepare_images, [items[i].image for i in group], raw)
             for group in image_groups
