@@ -28,6 +28,8 @@ MERGE_KEYS = {
     "env": "name",
     "volumes": "name",
     "volumeMounts": "mountPath",
+    # A container's ports merge on containerPort, a Service's on port.
+    "ports": ("containerPort", "port"),
 }
 # Lists without a merge key: a patch replaces them whole (metrics: a HorizontalPodAutoscaler's).
 REPLACED_LISTS = {"tolerations", "args", "command", "metrics"}
@@ -110,7 +112,9 @@ def strategic_merge(base: Any, patch: Any, where: str) -> Any:
 def _merge_list(field: str, base: list, patch: list, where: str) -> list:
     if field in REPLACED_LISTS:
         return copy.deepcopy(patch)
-    key = MERGE_KEYS.get(field)
+    keys = MERGE_KEYS.get(field)
+    keys = (keys,) if isinstance(keys, str) else keys or ()
+    key = next((k for k in keys if all(k in item for item in base + patch)), None)
     if key is None:
         raise RenderError(f"{where}: a patch of this list needs its merge key in MERGE_KEYS")
     # kustomize's order: the patch's items (merged into their base items) first, in the patch's

@@ -71,8 +71,9 @@ def env_of(container: dict) -> dict[str, str]:
 
 
 def port_named(container: dict, name: str) -> int:
-    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
-    return port
+    ports = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    assert len(ports) == 1, f"the container declares {len(ports)} ports named {name}"
+    return ports[0]
 
 
 def parsed(parser, container: dict, mode: str):
@@ -159,6 +160,7 @@ def check_server(objs: list[dict]) -> ServerConfig:
                 check_mounted_file(deployment, container, path, {"secret"})
     if config.health_port:
         assert config.health_port not in (config.port, config.metrics_port), "ports collide"
+        assert port_named(container, "health") == config.health_port, "undeclared health port"
     health_port = config.health_port or config.port
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container[kind]
@@ -438,6 +440,8 @@ BROKEN_TLS_PROMISES = {
     "health port on the metrics port": lambda objs: (
         _set_env(_server_container(objs), "CLIP_GRPC_HEALTH_PORT", "9090"),
         _set_probes(_server_container(objs), 9090)),
+    "health port not declared": lambda objs: _server_container(objs).update(ports=[
+        p for p in _server_container(objs)["ports"] if p["name"] != "health"]),
     "misspelt TLS setting": lambda objs: (
         _drop_env(_server_container(objs), "CLIP_GRPC_TLS_KEY"),
         _set_env(_server_container(objs), "CLIP_GRPC_TLS_KEYFILE", "/tls/tls.key")),
@@ -492,10 +496,10 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path):
         {"resources": [base], "patches": [{"path": "ghost.yaml"}]}))
     with pytest.raises(RenderError, match="matches 0 objects"):
         render(tmp_path)
-    (tmp_path / "ports.yaml").write_text(yaml.safe_dump(
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": HEADLESS},
-         "spec": {"ports": [{"name": "grpc", "port": 1}]}}))
+    (tmp_path / "secrets.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": SERVER},
+         "spec": {"template": {"spec": {"imagePullSecrets": [{"name": "registry"}]}}}}))
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(
-        {"resources": [base], "patches": [{"path": "ports.yaml"}]}))
+        {"resources": [base], "patches": [{"path": "secrets.yaml"}]}))
     with pytest.raises(RenderError, match="merge key"):
         render(tmp_path)
