@@ -27,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
         from .model.convert import main as convert
 
         return convert(argv[1:])
-    from .server import serve  # imports torch
-
     config = parse_args(argv)
     setup_logging(config.log_level, config.log_format)
     if config.serves_demo_model:
@@ -37,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
             "shapes, not a general CLIP)",
             extra={"model": str(config.model_path)},
         )
+    if config.workers > 1:  # the supervisor never imports torch: the workers do
+        from .workers import supervise
+
+        return supervise(config)
+    from .server import serve  # imports torch
+
     try:
         asyncio.run(serve(config))
     except ModelLoadError as error:

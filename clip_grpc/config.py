@@ -60,7 +60,13 @@ class ServerConfig:
         4096, "most items in flight across all RPCs; beyond it RESOURCE_EXHAUSTED", minimum=1)
     stream_window: int = setting(256, "most items one stream may have in flight", minimum=1)
     preprocess_workers: int = setting(
-        0, "threads decoding images and tokenising (0: one per core)", minimum=0)
+        0, "threads decoding images and tokenising, per worker process (0: one per core, "
+        "or the worker's share of the cores)", minimum=0)
+    workers: int = setting(
+        1, "server processes sharing --port (SO_REUSEPORT; the kernel spreads client "
+        "connections, not calls, over them), each with its own model copy (on CUDA: on the "
+        "same GPU) and its share of the cores; for hosts whose cores could feed more than one "
+        "Python process can", minimum=1)
     jpeg_decode: str = setting(
         "full", "full: exact pixels; draft: decode big JPEGs at 1/2-1/8 scale, still no smaller "
         "than the model input (about 40% less CPU per photo, pixels differ slightly)",
@@ -118,6 +124,8 @@ class ServerConfig:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.reflection == "auth" and self.auth_token_file is None:
             raise ValueError("--reflection auth needs --auth-token-file")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("--workers above 1 needs a fixed --port: the workers share it")
 
     @property
     def model_path(self) -> Path:

@@ -36,9 +36,23 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
+class _Fields(logging.Filter):
+    def __init__(self, fields: dict):
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            record.__dict__.setdefault(key, value)
+        return True
+
+
+def setup_logging(level: str = "INFO", fmt: str = "json", **fields) -> None:
+    """`fields` go on every line (a worker process's index)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if fields:
+        handler.addFilter(_Fields(fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

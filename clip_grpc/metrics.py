@@ -180,18 +180,22 @@ class ServerMetrics:
         ).set(1)
 
 
+def serve_registry(registry: CollectorRegistry, host: str, port: int):
+    """prometheus_client's HTTP server and thread for `registry`, or a StartupError."""
+    try:
+        return start_http_server(port, host.strip("[]"), registry)
+    except OSError as error:
+        raise StartupError(
+            f"--metrics-port {port}: cannot listen on {host}:{port} "
+            f"({error.strerror or error}); choose another port or 0 to turn metrics off"
+        ) from error
+
+
 class MetricsEndpoint:
     """`GET /metrics` (Prometheus text format) on its own port, served from a thread."""
 
     def __init__(self, metrics: ServerMetrics, host: str, port: int):
-        address = host.strip("[]")
-        try:
-            self._server, self._thread = start_http_server(port, address, metrics.registry)
-        except OSError as error:
-            raise StartupError(
-                f"--metrics-port {port}: cannot listen on {host}:{port} "
-                f"({error.strerror or error}); choose another port or 0 to turn metrics off"
-            ) from error
+        self._server, self._thread = serve_registry(metrics.registry, host, port)
         self.port = self._server.server_port
         log.info("metrics listening", extra={"address": f"{host}:{self.port}", "path": "/metrics"})
 

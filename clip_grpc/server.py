@@ -146,30 +146,36 @@ def _bind(server: grpc.aio.Server, flag: str, host: str, port: int,
         ) from None
 
 
-async def _health_only(config: ServerConfig, health: HealthServicer) -> grpc.aio.Server:
+async def _health_only(config: ServerConfig, health: HealthServicer,
+                       reuse_port: bool) -> grpc.aio.Server:
     """A plaintext listener with grpc.health.v1 alone (the same statuses as the main port), for
     probes that cannot speak TLS or present a client certificate."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     _bind(server, "--health-port", config.host, config.health_port)
     await server.start()
     return server
 
 
-async def start_server(config: ServerConfig) -> RunningServer:
-    """Bind and start the server, NOT_SERVING until load() finishes."""
+async def start_server(config: ServerConfig, *, reuse_port: bool = False,
+                       metrics_at: tuple[str, int] | None = None) -> RunningServer:
+    """Bind and start the server, NOT_SERVING until load() finishes. A worker of `--workers N`
+    shares its ports (`reuse_port`) and serves its metrics at `metrics_at` for the supervisor."""
     tls, tokens = _security(config)
     metrics = ServerMetrics()  # its batch-size buckets come with the engine, once loaded
     endpoint = None
-    if config.metrics_port:  # first: a taken port fails before anything else started
-        endpoint = MetricsEndpoint(metrics, config.host, config.metrics_port)
+    if metrics_at is None and config.metrics_port:
+        metrics_at = (config.host, config.metrics_port)
+    if metrics_at:  # first: a taken port fails before anything else started
+        endpoint = MetricsEndpoint(metrics, *metrics_at)
     gate = CallGate()
     # In this order: a call refused for its token is logged and counted, and never gated.
     interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor(metrics)]
     if tokens is not None:
         interceptors.append(TokenInterceptor(tokens, config.reflection == "auth"))
     interceptors.append(gate)
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=server_options(config, reuse_port))
     servicer = ClipServicer(None)
     clip_pb2_grpc.add_ClipServiceServicer_to_server(servicer, server)
     # clip-as-service's clients, unchanged (grpc://host:port).
@@ -185,7 +191,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     try:
         port = _bind(server, "--port", config.host, config.port,
                      tls.credentials() if tls is not None else None)
-        health_server = await _health_only(config, health) if config.health_port else None
+        health_server = (await _health_only(config, health, reuse_port)
+                         if config.health_port else None)
     except StartupError:
         if endpoint:
             endpoint.close()
