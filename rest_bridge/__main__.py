@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from clip_grpc.logs import setup_logging
 from rest_bridge.app import make_app, make_http_server
-from rest_bridge.backend import ClipBackend, open_channel
+from rest_bridge.backend import ClipBackend, open_channels
 from rest_bridge.config import BridgeConfig, parse_config
 from rest_bridge.drain import wait_idle
 
@@ -19,8 +19,8 @@ log = logging.getLogger("rest_bridge")
 
 
 async def serve(config: BridgeConfig) -> None:
-    channel = open_channel(config)
-    app = make_app(config, ClipBackend.from_channel(channel, config.grpc_target))
+    channels = open_channels(config)
+    app = make_app(config, ClipBackend.from_channels(channels, config.grpc_target))
     server = make_http_server(app, config)
     server.listen(config.port, config.host)
     log.info(
@@ -52,7 +52,8 @@ async def serve(config: BridgeConfig) -> None:
             "grace period over: closing %d requests still in flight", app.metrics.in_flight_now()
         )
     await server.close_all_connections()
-    await channel.close()
+    for channel in channels:
+        await channel.close()
     log.info("stopped")
 
 

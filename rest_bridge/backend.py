@@ -1,9 +1,10 @@
-"""The bridge's one gRPC channel to the server (one target, dns:///, or a list of replicas,
-balanced round_robin), and the stubs that use it."""
+"""The bridge's gRPC channels to the server (one target, dns:///, or a list of replicas,
+balanced round_robin), `--grpc-connections` of them, and the stubs that use them in turn."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,8 @@ def channel_options(config: BridgeConfig) -> list[tuple[str, int | str]]:
         ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", config.grpc_max_reconnect_backoff_ms),
         ("grpc.service_config", SERVICE_CONFIG),
+        # Each channel its own connection (channels to one target otherwise share one).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     authority = parse_targets(config.grpc_target).authority
     if authority:  # a list of replicas: TLS checks (and :authority names) its first host
@@ -52,8 +55,12 @@ def channel_options(config: BridgeConfig) -> list[tuple[str, int | str]]:
     return options
 
 
+def open_channels(config: BridgeConfig) -> list[grpc.aio.Channel]:
+    return [open_channel(config) for _ in range(config.grpc_connections)]
+
+
 def open_channel(config: BridgeConfig) -> grpc.aio.Channel:
-    """Opens the channel lazily: it connects on the first call and reconnects by itself."""
+    """Opens a channel lazily: it connects on the first call and reconnects by itself."""
     options = channel_options(config)
     targets = parse_targets(config.grpc_target)
     address = targets.channel_target()
@@ -79,14 +86,27 @@ class ClipBackend:
     embed_serialized: Callable | None = None
 
     @classmethod
-    def from_channel(cls, channel: grpc.aio.Channel, target: str) -> ClipBackend:
+    def from_channels(cls, channels: list[grpc.aio.Channel], target: str) -> ClipBackend:
         return cls(
             target=target,
-            clip=clip_pb2_grpc.ClipServiceStub(channel),
-            health=health_pb2_grpc.HealthStub(channel),
-            embed_serialized=channel.unary_unary(
+            clip=InTurn([clip_pb2_grpc.ClipServiceStub(channel) for channel in channels]),
+            health=health_pb2_grpc.HealthStub(channels[0]),
+            embed_serialized=InTurn([channel.unary_unary(
                 "/clip_grpc.v1.ClipService/Embed",
                 request_serializer=None,
                 response_deserializer=clip_pb2.EmbedResponse.FromString,
-            ),
+            ) for channel in channels]),
         )
+
+
+class InTurn:
+    """Stands for several stubs (or methods), one per connection: each use takes the next."""
+
+    def __init__(self, targets: list):
+        self._turn = itertools.cycle(targets)
+
+    def __getattr__(self, name: str):
+        return getattr(next(self._turn), name)
+
+    def __call__(self, *args, **kwargs):
+        return next(self._turn)(*args, **kwargs)

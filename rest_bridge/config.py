@@ -25,6 +25,9 @@ class BridgeConfig:
         "the name resolves to) or replicas as host1:port,host2:port; calls go round_robin")
     host: str = setting("0.0.0.0", "address to listen on")
     port: int = setting(8081, "HTTP port (0 picks a free one)", minimum=0, maximum=65535)
+    grpc_connections: int = setting(
+        4, "HTTP/2 connections to each server, calls taking them in turn (a server run with "
+        "--workers spreads connections, not calls, over its processes)", minimum=1)
     grpc_timeout_s: float = setting(30.0, "deadline of each gRPC call, seconds", minimum=0.001)
     # A cap on the channel's reconnect backoff, so the bridge notices a restarted server quickly.
     grpc_max_reconnect_backoff_ms: int = setting(

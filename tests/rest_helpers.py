@@ -12,7 +12,7 @@ from tornado.testing import bind_unused_port
 
 from clip_grpc.v1 import clip_pb2
 from rest_bridge.app import make_app, make_http_server
-from rest_bridge.backend import ClipBackend, open_channel
+from rest_bridge.backend import ClipBackend, open_channels
 from rest_bridge.config import BridgeConfig
 
 
@@ -81,8 +81,8 @@ async def running_bridge(grpc_target: str, backend: ClipBackend | None = None, *
     """A bridge on a free port, in this event loop, talking to `grpc_target` (or to a
     stand-in `backend`)."""
     config = BridgeConfig(grpc_target=grpc_target, port=0, **overrides)
-    channel = open_channel(config)
-    app = make_app(config, backend or ClipBackend.from_channel(channel, grpc_target))
+    channels = open_channels(config)
+    app = make_app(config, backend or ClipBackend.from_channels(channels, grpc_target))
     sock, port = bind_unused_port()
     server = make_http_server(app, config)
     server.add_sockets([sock])
@@ -94,7 +94,8 @@ async def running_bridge(grpc_target: str, backend: ClipBackend | None = None, *
         client.close()
         server.stop()
         await server.close_all_connections()
-        await channel.close()
+        for channel in channels:
+            await channel.close()
 
 
 async def grpc_vectors(stub, items: list[clip_pb2.Item], raw: bool = False) -> np.ndarray:

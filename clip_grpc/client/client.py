@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import sys
@@ -42,6 +44,12 @@ class Client:
     or several replicas, "host1:50051,host2:50051" or a list of such targets.
     `load_balancing`: "round_robin" (default: each call, and each stream of a call with
     `parallel_streams`, goes to the next ready replica) or "pick_first" (one connection).
+    `connections`: gRPC channels, each its own HTTP/2 connection to each server. None
+    (default): one; and for `parallel_streams` with a single host:port target, one per stream,
+    so a server run with `--workers N` (whose kernel spreads connections, not calls, over its
+    processes) gets the streams spread over its workers (a list or dns:/// keeps one channel,
+    whose round_robin spreads the streams over the replicas). A number: that many, unary calls
+    and streams taking them in turn.
     `batch_size`: items per EmbedStream message; `max_in_flight`: items sent and not yet
     answered per stream (back-pressure: memory stays constant however many items you stream).
     `timeout`: seconds for a unary call, and for each EmbedStream answer.
@@ -75,8 +83,12 @@ class Client:
         metadata: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         max_request_bytes: int = 4 * 1024 * 1024 - 64 * 1024,
         channel_options: Sequence[tuple[str, object]] = (),
+        connections: int | None = None,
     ):
+        if connections is not None and connections < 1:
+            raise ValueError("connections must be at least 1 (or None)")
         self.target = target
+        self.connections = connections
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.timeout = timeout
@@ -91,7 +103,9 @@ class Client:
             metadata=metadata, retries=retries, backoff_s=backoff, max_backoff_s=max_backoff,
             channel_options=channel_options, load_balancing=load_balancing,
         )  # fmt: skip
+        # Per event loop: its channels and stubs, opened as they are first needed.
         self._channels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._turn = itertools.count()
         self._background: BackgroundLoop | None = None
         self._dim: int | None = None
 
@@ -254,16 +268,32 @@ class Client:
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         return self._connection.metadata or None
 
-    def _stub(self):
-        loop = asyncio.get_running_loop()
-        if loop not in self._channels:
-            self._channels[loop] = self._connection.open()
-        return self._channels[loop][1]
+    def _stub(self, stream: int | None = None):
+        """The stub of a unary call (the next connection in turn) or of `stream` (its own)."""
+        opened = self._channels.setdefault(asyncio.get_running_loop(), [])
+        if self.connections:
+            index = (next(self._turn) if stream is None else stream) % self.connections
+        elif stream is not None and self._one_address:  # its own connection for each stream
+            index = stream
+        else:  # one channel: round_robin sends each call (each stream) to the next replica
+            index = 0
+        while len(opened) <= index:
+            opened.append(self._connection.open())
+        return opened[index][1]
 
     async def _close_channel(self) -> None:
-        opened = self._channels.pop(asyncio.get_running_loop(), None)
-        if opened is not None:
-            await opened[0].close()
+        for channel, _ in self._channels.pop(asyncio.get_running_loop(), []):
+            await channel.close()
+
+    @functools.cached_property
+    def _one_address(self) -> bool:
+        """A host:port (one server, maybe several workers), not replicas: a list or dns:///.
+        Channels of their own would all start on the same replica; one channel spreads."""
+        single = self._connection.targets.single
+        return single is not None and not single.startswith("dns:")
+
+    def _open_stream(self, stub):
+        return stub.EmbedStream(metadata=self._metadata)
 
     async def _unary(self, method: str, request):
         """A unary call, tried again while the server is unavailable, within the retry budget
@@ -316,7 +346,6 @@ class Client:
             raise ValueError("parallel_streams must be at least 1")
         batch_size = batch_size or self.batch_size
         options = clip_pb2.EmbedOptions(raw=raw, truncate=truncate)
-        stub = self._stub()
         # Parallel streams may answer out of order: at most this many items wait to be put back.
         window = parallel_streams * max(self.max_in_flight, batch_size) * 2
         feed = BatchFeed(
@@ -325,14 +354,15 @@ class Client:
         )  # fmt: skip
         streamers = [
             EmbedStreamer(
-                lambda: stub.EmbedStream(metadata=self._metadata),
+                # Resuming after a failure opens the new call on the stream's own connection.
+                functools.partial(self._open_stream, self._stub(index)),
                 feed,
                 max_in_flight=self.max_in_flight,
                 batch_size=batch_size,
                 timeout_s=self.timeout,
                 retry=self._retry,
             )
-            for _ in range(parallel_streams)
+            for index in range(parallel_streams)
         ]
         answers = (
             streamers[0].__aiter__() if parallel_streams == 1 else in_input_order(streamers, feed)

@@ -70,6 +70,9 @@ class Connection:
             ("grpc.initial_reconnect_backoff_ms", int(backoff_s * 1000)),
             ("grpc.min_reconnect_backoff_ms", int(backoff_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(max_backoff_s * 1000)),
+            # Its own connection, never one shared with the process's other channels to the
+            # same target: several connections are how calls reach several server workers.
+            ("grpc.use_local_subchannel_pool", 1),
             (
                 "grpc.service_config",
                 service_config(load_balancing, retries, backoff_s, max_backoff_s),

@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="EmbedStreams at once, spread over the replicas (default 1)",
     )
     parser.add_argument(
+        "--connections",
+        type=_positive_int,
+        help="gRPC channels, each its own HTTP/2 connection (default: one per parallel stream "
+        "for one host:port, so the streams reach different workers of a server run with "
+        "--workers; one for a list or dns:///, whose round_robin spreads the streams)",
+    )
+    parser.add_argument(
         "--shard",
         type=_shard,
         metavar="I/N",
@@ -230,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout, retry_budget=args.retry_budget, retries=args.retries,
         token=args.token, tls=True if args.tls else None, root_certificates=args.root_certs,
         certificate_chain=args.client_cert, private_key=args.client_key,
+        connections=args.connections,
     )  # fmt: skip
     done = done_ids(args.output, tag)
     writer = PartWriter(args.output, args.format, args.chunk_size, tag)
