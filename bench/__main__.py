@@ -33,6 +33,13 @@ from . import stages as stage_costs
 from .inputs import make_inputs
 
 
+def _counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",")]
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError("distinct counts of at least 1, comma separated")
+    return counts
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--model", action="append",
@@ -70,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-rest", action="store_true")
     parser.add_argument("--overhead-seconds", type=float, default=10.0,
                         help="measured seconds of each serving-overhead run")
+    parser.add_argument("--overhead-workers", type=_counts, default=[1, 2],
+                        help="server --workers settings measured side by side in the "
+                        "serving-overhead section, comma separated (default: 1,2)")
     parser.add_argument("--skip-overhead", action="store_true",
                         help="leave out the serving-overhead section (near-free model)")
     parser.add_argument("--overhead-only", action="store_true",
@@ -165,9 +175,11 @@ async def stream_runs(target: str, server: processes.Child, images, texts, args,
 
 def model_busy(before: dict, after: dict, seconds: float) -> dict:
     """How busy the server's model was in a window: its forward seconds over the window's (the
-    batches finished in it; 1.0 = never idle) and the mean size of those batches."""
+    batches finished in it; 1.0 = never idle; the mean over a --workers server's models) and
+    the mean size of those batches."""
     batches = after["batches"] - before["batches"]
-    return {"model_busy": (after["forward_s"] - before["forward_s"]) / seconds,
+    busy_s = (after["forward_s"] - before["forward_s"]) / after.get("workers", 1)
+    return {"model_busy": busy_s / seconds,
             "mean_batch": (after["items"] - before["items"]) / batches if batches else 0.0}
 
 

@@ -84,20 +84,26 @@ async def drive(target: str, requests, load: StreamLoad, seconds: float,
                 require_answers: bool = True) -> dict:
     """Keep the streams busy for `seconds`; latency is per message (sent -> answered).
     on_window_end runs when the measured window closes, before the streams drain."""
-    async with grpc.aio.insecure_channel(target, options=[
+    # One connection per stream, as the Client opens for parallel streams: a server run with
+    # --workers gets the streams spread over its processes.
+    channels = [grpc.aio.insecure_channel(target, options=[
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
-    ]) as channel:
-        stub = clip_pb2_grpc.ClipServiceStub(channel)
+        ("grpc.use_local_subchannel_pool", 1),
+    ]) for _ in range(load.streams)]
+    try:
         started = time.perf_counter()
         tally = _Tally(started + seconds)
         asyncio.get_running_loop().call_later(seconds, on_window_end)
         await asyncio.gather(*(
-            _one_stream(stub, requests[s::load.streams] or requests, load, started + seconds,
-                        tally)
+            _one_stream(clip_pb2_grpc.ClipServiceStub(channels[s]),
+                        requests[s::load.streams] or requests, load, started + seconds, tally)
             for s in range(load.streams)
         ))
-        if not tally.latencies and not require_answers:
-            return {}
-        return summarize(tally.items, seconds, tally.latencies).as_dict()
+    finally:
+        for channel in channels:
+            await channel.close()
+    if not tally.latencies and not require_answers:
+        return {}
+    return summarize(tally.items, seconds, tally.latencies).as_dict()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Collection
 
 from clip_grpc.model.images import decode_image
 from clip_grpc.model.loading import load_model
@@ -62,7 +63,7 @@ async def measure_kind(kind: str, target: str, server: processes.Child, images, 
     count = max(2 * load.streams * load.messages_in_flight, len(images) // load.items_per_message)
     requests = grpc_stream.messages(kind, images, texts, load.items_per_message, count)
     await grpc_stream.drive(target, requests, load, load.warmup_seconds, require_answers=False)
-    pid = server.process.pid
+    embedded = await processes.embedded_by_worker(server.metrics_url)
     before = {"process": server.cpu_seconds(), "threads": server.thread_cpu_seconds(),
               "client": time.process_time()}
     after = {}
@@ -75,31 +76,44 @@ async def measure_kind(kind: str, target: str, server: processes.Child, images, 
     per_item = 1e6 / row["items"]
     by_thread = {tid: cpu - before["threads"].get(tid, 0.0)
                  for tid, cpu in after["threads"].items()}
+    done = {worker: count - embedded.get(worker, 0.0)
+            for worker, count in (await processes.embedded_by_worker(server.metrics_url)).items()}
     return {
         "items_per_s": row["items_per_s"],
         "p50_ms": row["p50_ms"],
-        **split_cpu(after["process"] - before["process"], by_thread,
-                    processes.thread_names(pid), pid, per_item),
+        **split_cpu(after["process"] - before["process"], by_thread, server.thread_names(),
+                    server.pids(), per_item),
         "client_cpu_us": (after["client"] - before["client"]) * per_item,
+        # Each worker's share of the items (SO_REUSEPORT spreads connections, one per stream).
+        "worker_shares": "/".join(f"{100 * done[w] / (sum(done.values()) or 1):.0f}"
+                                  for w in sorted(done)),
     }
 
 
-def split_cpu(process_s: float, by_thread: dict[int, float], names: dict[int, str], pid: int,
-              per_item: float) -> dict:
+def _bare(name: str) -> str:
+    """A thread's name without its worker's prefix ("w1/model-0" -> "model-0")."""
+    return name.rpartition("/")[2]
+
+
+def split_cpu(process_s: float, by_thread: dict[int, float], names: dict[int, str],
+              loops: Collection[int], per_item: float) -> dict:
     """The server's CPU in a window (seconds, by thread id), as us per item (per_item: 1e6 /
-    items): in all, on the model thread, the rest (the serving path), and the busiest thread of
-    the rest (the event loop is the thread whose id is pid)."""
-    model_s = sum(cpu for tid, cpu in by_thread.items()
-                  if names.get(tid, "").startswith(MODEL_THREAD))
-    serving = {tid: cpu for tid, cpu in by_thread.items()
-               if not names.get(tid, "").startswith(MODEL_THREAD)}
+    items): in all, on the model threads, the rest (the serving path), and the busiest thread of
+    the rest (`loops`: the main threads, the event loops; a --workers server has one each)."""
+    def is_model(tid: int) -> bool:
+        return _bare(names.get(tid, "")).startswith(MODEL_THREAD)
+
+    model_s = sum(cpu for tid, cpu in by_thread.items() if is_model(tid))
+    serving = {tid: cpu for tid, cpu in by_thread.items() if not is_model(tid)}
     busiest = max(serving, key=serving.get)
+    name = names.get(busiest, str(busiest))
+    if busiest in loops:
+        name = name.rpartition("/")[0] + "/event loop" if "/" in name else "event loop"
     return {
         "server_cpu_us": process_s * per_item, "model_thread_us": model_s * per_item,
         "serving_cpu_us": (process_s - model_s) * per_item,
-        "busiest_thread_us": serving[busiest] * per_item,
-        "busiest_thread": "event loop" if busiest == pid else names.get(busiest, str(busiest)),
-        "event_loop_us": by_thread.get(pid, 0.0) * per_item,
+        "busiest_thread_us": serving[busiest] * per_item, "busiest_thread": name,
+        "event_loop_us": sum(by_thread.get(tid, 0.0) for tid in loops) * per_item,
     }
 
 
@@ -118,28 +132,35 @@ async def run(args) -> dict:
                                   args.overhead_seconds, args.warmup_seconds)
     load_start = machine.load_average()
     print(f"\n== serving overhead: {description}; load {load_start}", flush=True)
-    server, target = await processes.start_server(folder, args.server_flags, args.server_env,
-                                                  args.device)
+    servers = {}  # workers -> (child, target), all started before the first round
     rounds = []
     try:
+        for workers in args.overhead_workers:
+            flags = [*args.server_flags, *(["--workers", str(workers)] if workers > 1 else [])]
+            servers[workers] = await processes.start_server(folder, flags, args.server_env,
+                                                            args.device)
         for index in range(args.rounds):
             alone = preprocessing_alone(folder, images, texts, args.jpeg_draft)
             result = {}
             for kind in ("image", "text"):
-                row = await measure_kind(kind, target, server, images, texts, load)
-                row["alone_us"] = alone[kind]
-                row["server_vs_alone"] = row["server_cpu_us"] / alone[kind]
-                row["serving_vs_alone"] = row["serving_cpu_us"] / alone[kind]
-                result[kind] = row
-                print(f"  round {index + 1} {kind:5}: {row['items_per_s']:8.0f} items/s, server "
-                      f"CPU {row['server_cpu_us']:7.0f} us/item = model thread "
-                      f"{row['model_thread_us']:.0f} + serving {row['serving_cpu_us']:.0f} "
-                      f"({row['serving_vs_alone']:.2f}x alone: {alone[kind]:.0f}), busiest "
-                      f"other thread {row['busiest_thread_us']:.0f} ({row['busiest_thread']}), "
-                      f"event loop {row['event_loop_us']:.0f}", flush=True)
+                for workers, (server, target) in servers.items():
+                    row = await measure_kind(kind, target, server, images, texts, load)
+                    row["alone_us"] = alone[kind]
+                    row["server_vs_alone"] = row["server_cpu_us"] / alone[kind]
+                    row["serving_vs_alone"] = row["serving_cpu_us"] / alone[kind]
+                    name = kind if workers == 1 else f"{kind}, {workers} workers"
+                    result[name] = row
+                    print(f"  round {index + 1} {name:17}: {row['items_per_s']:8.0f} items/s, "
+                          f"server CPU {row['server_cpu_us']:7.0f} us/item = model thread "
+                          f"{row['model_thread_us']:.0f} + serving {row['serving_cpu_us']:.0f} "
+                          f"({row['serving_vs_alone']:.2f}x alone: {alone[kind]:.0f}), busiest "
+                          f"other thread {row['busiest_thread_us']:.0f} "
+                          f"({row['busiest_thread']}), event loop {row['event_loop_us']:.0f}, "
+                          f"worker shares {row['worker_shares']}", flush=True)
             rounds.append(result)
     finally:
-        server.stop()
+        for server, _ in servers.values():
+            server.stop()
     return {
         "model": MODEL, "description": description, "device": args.device,
         "server_flags": args.server_flags,
@@ -148,7 +169,7 @@ async def run(args) -> dict:
         "stream_load": {"streams": load.streams, "items_per_message": load.items_per_message,
                         "messages_in_flight": load.messages_in_flight},
         "image_side": IMAGE_SIDE,
-        "result": {kind: median_rows([r[kind] for r in rounds]) for kind in ("image", "text")},
+        "result": {name: median_rows([r[name] for r in rounds]) for name in rounds[0]},
         "by_round": rounds,
     }
 
@@ -174,8 +195,7 @@ def section(result: dict, machine_info: dict, when: str) -> str:
         "event loop | alone | serving / alone | server / alone | client CPU |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for kind in ("image", "text"):
-        row = result["result"][kind]
+    for kind, row in result["result"].items():
         lines.append(
             f"| {kind} | {row['items_per_s']:,.0f} | {row['server_cpu_us']:,.0f} | "
             f"{row['model_thread_us']:,.0f} | {row['serving_cpu_us']:,.0f} | "

@@ -45,11 +45,33 @@ class Child:
         return "\n".join(text[-lines:])
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (all its threads)."""
-        return stat_cpu_seconds(Path(f"/proc/{self.process.pid}/stat"))
+        """User + system CPU time so far of the process and its children (a server's
+        `--workers`), all their threads."""
+        return sum(stat_cpu_seconds(Path(f"/proc/{pid}/stat")) for pid in self.pids())
 
     def thread_cpu_seconds(self) -> dict[int, float]:
-        return thread_cpu_seconds(self.process.pid)
+        """By thread id (unique across processes), over the process and its children."""
+        return {tid: cpu for pid in self.pids() for tid, cpu in thread_cpu_seconds(pid).items()}
+
+    def thread_names(self) -> dict[int, str]:
+        """Thread names; a child's prefixed with its main thread's ("clip-worker-1/model-0":
+        the workers of a --workers server name themselves)."""
+        names = thread_names(self.process.pid)
+        for pid in self.pids()[1:]:
+            own = thread_names(pid)
+            main = own.get(pid, str(pid))
+            names.update({tid: f"{main}/{name}" for tid, name in own.items()})
+        return names
+
+    def pids(self) -> list[int]:
+        """The process, then its children (one level: a supervisor's workers; multiprocessing's
+        resource tracker too, which costs nothing)."""
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [pid, *map(int, children)]
 
     async def wait_until(self, ready: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -109,8 +131,12 @@ async def start_server(model: Path, server_flags: list[str], env: dict[str, str]
     child = Child("server", server_command(model, port, server_flags, device, metrics_port), env)
     child.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     target = f"127.0.0.1:{port}"
+    workers = int(server_flags[server_flags.index("--workers") + 1]
+                  ) if "--workers" in server_flags else 1
     try:
         await child.wait_until(lambda: grpc_serving(target), timeout_s=600)
+        if workers > 1:  # the first worker serving is not all of them
+            await child.wait_until(lambda: workers_serving(child.metrics_url, workers), 600)
     except BaseException:
         child.stop()
         raise
@@ -165,19 +191,54 @@ BATCH_SAMPLES = {"clip_grpc_forward_seconds_sum": "forward_s",
 async def model_busy_totals(metrics_url: str) -> dict[str, dict[str, float]]:
     """Per modality, from the server's own /metrics: seconds its model thread has spent in
     forward passes, batches and items so far (two readings apart give how busy the model was)."""
+    return parse_batch_totals(await metrics_text(metrics_url))
+
+
+async def metrics_text(metrics_url: str) -> str:
     client = AsyncHTTPClient(force_instance=True)
     try:
         body = (await client.fetch(metrics_url, request_timeout=10.0)).body.decode()
     finally:
         client.close()
-    return parse_batch_totals(body)
+    return body
+
+
+async def embedded_by_worker(metrics_url: str) -> dict[str, float]:
+    """Items each worker has embedded so far ("0" alone for a single-process server)."""
+    body = await metrics_text(metrics_url)
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "clip_grpc_items_embedded_total":
+                worker = sample.labels.get("worker", "0")
+                counts[worker] = counts.get(worker, 0.0) + sample.value
+    return counts
+
+
+async def workers_serving(metrics_url: str, workers: int) -> bool:
+    """Whether a --workers server's supervisor counts all its workers serving."""
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        body = (await client.fetch(metrics_url, raise_error=False, request_timeout=5.0)).body
+    except OSError:
+        return False
+    finally:
+        client.close()
+    return f"clip_grpc_workers_serving {float(workers)}" in body.decode()
 
 
 def parse_batch_totals(body: str) -> dict[str, dict[str, float]]:
     totals: dict[str, dict[str, float]] = {}
+    workers: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
             if sample.name in BATCH_SAMPLES:
+                # Summed over a --workers server's `worker` labels.
                 modality = totals.setdefault(sample.labels["modality"], {})
-                modality[BATCH_SAMPLES[sample.name]] = sample.value
+                key = BATCH_SAMPLES[sample.name]
+                modality[key] = modality.get(key, 0.0) + sample.value
+                workers.setdefault(sample.labels["modality"], set()).add(
+                    sample.labels.get("worker", "0"))
+    for modality, labels in workers.items():
+        totals[modality]["workers"] = len(labels)
     return totals

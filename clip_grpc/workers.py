@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = 1.0
 KILL_MARGIN_S = 10.0  # after the drain's grace, before a worker still alive is SIGKILLed
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 def core_share(workers: int) -> int:
@@ -66,8 +67,10 @@ def check_free(config: ServerConfig) -> None:
 # -- in the worker process -----------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
+def _become_worker(index: int, parent: int) -> None:
+    """Named clip-worker-N in ps and top; ends (drained) with the supervisor."""
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, f"clip-worker-{index}".encode())
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # SIGTERM: drain what it has, then go
     if os.getppid() != parent:  # the supervisor was gone before prctl
         os.kill(os.getpid(), signal.SIGTERM)
@@ -98,7 +101,7 @@ async def _serve(config: ServerConfig, index: int, parent: int, report: Connecti
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    _die_with_parent(parent)
+    _become_worker(index, parent)
     loading = asyncio.create_task(
         asyncio.to_thread(load_model, config.model_path, config.device, config.dtype))
     stopper = asyncio.create_task(stop.wait())

@@ -114,12 +114,12 @@ def test_the_model_thread_is_counted_apart_from_the_serving_path():
     # pid 10 is the event loop; the model thread is the busiest but is not serving overhead
     by_thread = {10: 0.2, 11: 0.3, 12: 0.9, 13: 0.1}
     names = {10: "python", 11: "preprocess-0", 12: "model-0", 13: "event_engine"}
-    split = split_cpu(1.6, by_thread, names, pid=10, per_item=1e6 / 1000)  # 1,000 items
+    split = split_cpu(1.6, by_thread, names, loops={10}, per_item=1e6 / 1000)  # 1,000 items
     assert split.pop("busiest_thread") == "preprocess-0"
     assert split == pytest.approx({"server_cpu_us": 1600, "model_thread_us": 900,
                                    "serving_cpu_us": 700, "busiest_thread_us": 300,
                                    "event_loop_us": 200})
-    split = split_cpu(1.6, {**by_thread, 11: 0.05}, names, pid=10, per_item=1.0)
+    split = split_cpu(1.6, {**by_thread, 11: 0.05}, names, loops={10}, per_item=1.0)
     assert split["busiest_thread"] == "event loop" and split["busiest_thread_us"] == 0.2
 
 
@@ -194,8 +194,32 @@ def test_model_busy_comes_from_the_servers_forward_seconds_and_batch_sizes():
     metrics.batch_done("image", 16, 1.5)
     metrics.batch_done("text", 8, 0.25)
     after = scrape(metrics)
-    assert before["image"] == {"forward_s": 0.5, "batches": 1, "items": 4}
+    assert before["image"] == {"forward_s": 0.5, "batches": 1, "items": 4, "workers": 1}
     busy = model_busy(before["image"], after["image"], seconds=5.0)
     assert busy == pytest.approx({"model_busy": 0.9, "mean_batch": 24.0})
     assert model_busy(before["text"], after["text"], 1.0) == pytest.approx(
         {"model_busy": 0.25, "mean_batch": 8.0})
+
+
+def test_model_busy_of_a_workers_server_is_the_mean_over_its_workers():
+    from prometheus_client import generate_latest
+
+    from bench.__main__ import model_busy
+    from bench.processes import parse_batch_totals
+    from clip_grpc.metrics import ServerMetrics
+    from clip_grpc.worker_metrics import merged, worker_families
+    from tests.test_workers import ListCollector
+
+    def scrape(*workers):
+        texts = [generate_latest(m.registry).decode() for m in workers]
+        families = merged(f for i, t in enumerate(texts) for f in worker_families(t, i))
+        return parse_batch_totals(generate_latest(ListCollector(families)).decode())
+
+    first, second = (ServerMetrics({"text": 32, "image": 32}) for _ in range(2))
+    before = scrape(first, second)
+    first.batch_done("text", 8, 1.0)
+    second.batch_done("text", 24, 3.0)
+    after = scrape(first, second)
+    assert after["text"]["workers"] == 2 and after["text"]["items"] == 32
+    assert model_busy(before["text"], after["text"], seconds=4.0) == pytest.approx(
+        {"model_busy": 0.5, "mean_batch": 16.0})
