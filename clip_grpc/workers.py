@@ -108,11 +108,12 @@ async def _serve(config: ServerConfig, index: int, parent: int, report: Connecti
     await asyncio.wait({loading, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if not loading.done():  # stopped while loading: nothing was accepted yet
         return
+    loaded = loading.result()  # a model that did not load stops here, before any bind
     metrics_at = ("127.0.0.1", 0) if config.metrics_port else None
     running = await start_server(config, reuse_port=True, metrics_at=metrics_at)
     loop.add_signal_handler(signal.SIGHUP, running.reload_files)
     try:
-        await running.load(loading.result())
+        await running.load(loaded)
         endpoint = running.metrics_endpoint
         report.send(("serving", endpoint.port if endpoint else 0))
         await stopper
