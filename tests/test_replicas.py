@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import numpy as np
 
 from clip_grpc.client import Client
 from tests.replicas import replicas
+
+# How the client logs a stream lost with its replica: UNAVAILABLE, or the INTERNAL "Internal
+# error from Core" grpc sometimes reports for a connection cut mid-stream (client/stream.py).
+LOST = re.compile(r"EmbedStream failed \((UNAVAILABLE|INTERNAL: Internal error from Core)")
 
 
 async def test_sigkill_of_a_replica_mid_call_loses_and_repeats_nothing(
@@ -43,7 +48,7 @@ async def test_sigkill_of_a_replica_mid_call_loses_and_repeats_nothing(
     assert all(o.error is None for o in outcomes)
     np.testing.assert_allclose(np.stack([o.embedding for o in outcomes]), reference, atol=1e-5)
     resent = [r.getMessage() for r in caplog.records if "resending" in r.getMessage()]
-    assert resent and "UNAVAILABLE" in resent[0]  # a stream was on the killed replica
+    assert resent and LOST.search(resent[0])  # a stream was on the killed replica
     assert all(count > 0 for count in served), served
 
 
@@ -84,5 +89,5 @@ async def test_one_stream_on_a_sigkilled_replica_moves_to_the_other(tiny_clip_di
     assert all(o.error is None for o in outcomes)
     np.testing.assert_allclose(np.stack([o.embedding for o in outcomes]), reference, atol=1e-5)
     resent = [r.getMessage() for r in caplog.records if "resending" in r.getMessage()]
-    assert resent and "UNAVAILABLE" in resent[0], resent
+    assert resent and LOST.search(resent[0]), resent
     assert after >= 1000, after  # the second half went out after the kill: all of it there
