@@ -11,7 +11,7 @@ import timeit
 import numpy as np
 from google.protobuf.internal import api_implementation
 
-from clip_grpc.servicer import embed_result
+from clip_grpc.servicer import add_result
 from clip_grpc.v1 import clip_pb2
 
 FORMATS = {"packed": clip_pb2.EMBEDDING_FORMAT_PACKED_FLOAT32,
@@ -36,8 +36,10 @@ def measure_format(name: str, vectors: np.ndarray) -> dict:
     to_numpy = _to_numpy(name)
 
     def build():
-        return clip_pb2.EmbedStreamResponse(
-            results=[embed_result(str(i), v, fmt) for i, v in enumerate(vectors)])
+        response = clip_pb2.EmbedStreamResponse()
+        for i, v in enumerate(vectors):
+            add_result(response.results, str(i), v, fmt)
+        return response
 
     response = build()
     wire = response.SerializeToString()

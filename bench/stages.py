@@ -10,7 +10,7 @@ import numpy as np
 from clip_grpc.model.images import decode_image
 from clip_grpc.model.loading import LoadedModel
 from clip_grpc.model.texts import TextTokenizer
-from clip_grpc.servicer import embed_result
+from clip_grpc.servicer import add_result
 from clip_grpc.v1 import clip_pb2
 
 NO_LIMIT = 1 << 40
@@ -32,9 +32,10 @@ def serialisation_ms(dim: int, batch: int = 32) -> dict:
     vectors = np.random.default_rng(0).standard_normal((batch, dim)).astype(np.float32)
 
     def build_and_serialise(_):
-        results = [embed_result(str(i), v, clip_pb2.EMBEDDING_FORMAT_PACKED_FLOAT32)
-                   for i, v in enumerate(vectors)]
-        return clip_pb2.EmbedStreamResponse(results=results).SerializeToString()
+        response = clip_pb2.EmbedStreamResponse()
+        for i, v in enumerate(vectors):
+            add_result(response.results, str(i), v, clip_pb2.EMBEDDING_FORMAT_PACKED_FLOAT32)
+        return response.SerializeToString()
 
     wire = build_and_serialise(None)
 

@@ -87,6 +87,19 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+RAW, UNIT = 0, 1  # the two rows of each item in the batchers' outputs
+
+
+def raw_and_unit(run_batch, payloads: list) -> np.ndarray:
+    """In the model thread: run_batch's output (n, dim) as (n, 2, dim), each item's raw vector
+    then its L2-normalised one, so that the event loop only slices what a call asked for."""
+    raw = run_batch(payloads)
+    both = np.empty((raw.shape[0], 2, raw.shape[1]), dtype=raw.dtype)
+    both[:, RAW] = raw
+    both[:, UNIT] = l2_normalize(raw)
+    return both
+
+
 def _in_groups(indices: list[int], size: int) -> list[list[int]]:
     return [indices[k : k + size] for k in range(0, len(indices), size)]
 
@@ -113,12 +126,12 @@ class Engine:
         )
         wait_s = config.max_wait_ms / 1000
         self.image_batcher = Batcher(
-            "image", self.encoder.embed_images, self._model_thread, self.batch_limits["image"],
-            wait_s,
+            "image", functools.partial(raw_and_unit, self.encoder.embed_images),
+            self._model_thread, self.batch_limits["image"], wait_s,
         )
         self.text_batcher = Batcher(
-            "text", self.encoder.embed_texts, self._model_thread, self.batch_limits["text"],
-            wait_s,
+            "text", functools.partial(raw_and_unit, self.encoder.embed_texts),
+            self._model_thread, self.batch_limits["text"], wait_s,
         )
         self.batchers = {"image": self.image_batcher, "text": self.text_batcher}
         self.in_flight = 0
@@ -246,10 +259,10 @@ class Engine:
             raise
         finally:
             self.items_in_flight[modality] -= len(inputs)
-        vectors = outputs if raw else l2_normalize(outputs)
+        vectors = outputs[:, RAW if raw else UNIT]
         for i, vector in zip(good, vectors, strict=True):
             prepared[i] = vector
-            self.metrics.item_done(modality, preprocess_s, queue_s)
+        self.metrics.items_done(modality, len(good), preprocess_s, queue_s)
         if (call_times := stages.current.get()) is not None:
             call_times.item(preprocess_s, queue_s, forward_s)
         return prepared

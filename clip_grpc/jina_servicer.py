@@ -121,8 +121,10 @@ class JinaServicer(jina_pb2_grpc.JinaRPCServicer):
     async def _encode(self, docs, required: bool) -> list[docarray_pb2.DocumentProto]:
         items = [required_item(doc) if required else to_item(doc) for doc in docs]
         wanted = [item for item in items if item is not None]
-        results = iter(await self.clip._embed_results(
-            wanted, clip_pb2.EmbedOptions(raw=True)) if wanted else [])
+        embedded = clip_pb2.EmbedResponse()
+        if wanted:
+            await self.clip._embed_into(embedded.results, wanted, clip_pb2.EmbedOptions(raw=True))
+        results = iter(embedded.results)
         answers, errors = [], []
         for doc, item in zip(docs, items, strict=True):
             answer = docarray_pb2.DocumentProto(id=doc.id)

@@ -9,6 +9,8 @@ cost nothing on the request path.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -23,8 +25,9 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .errors import StartupError
@@ -75,6 +78,31 @@ class _EngineGauges(Collector):
         return [in_flight, queued]
 
 
+class _ItemSeconds(Collector):
+    """A per-item histogram by modality, observed a chunk at a time: the items of one hand-off
+    share their seconds, so one observation counts them all (prometheus_client's Histogram
+    takes one item per call, two locked increments each, on the event loop)."""
+
+    def __init__(self, name: str, documentation: str):
+        self.name, self.documentation = name, documentation
+        self._counts = {m: [0] * (len(SECONDS) + 1) for m in MODALITIES}  # the last: > SECONDS
+        self._sums = dict.fromkeys(MODALITIES, 0.0)
+
+    def observe(self, modality: str, seconds: float, items: int) -> None:
+        # Only the event loop writes; a scrape copies the list whole, under the GIL.
+        self._counts[modality][bisect.bisect_left(SECONDS, seconds)] += items
+        self._sums[modality] += seconds * items
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["modality"])
+        for modality in MODALITIES:
+            counts, total = list(self._counts[modality]), self._sums[modality]
+            cumulative = list(itertools.accumulate(counts))
+            bounds = [*map(floatToGoString, SECONDS), "+Inf"]
+            family.add_metric([modality], list(zip(bounds, cumulative, strict=True)), total)
+        return [family]
+
+
 class ServerMetrics:
     def __init__(self, batch_limits: Mapping[str, int] | None = None):
         self.registry = registry = CollectorRegistry()
@@ -104,16 +132,16 @@ class ServerMetrics:
             "clip_grpc_rpc_seconds", "ClipService RPC durations", ["method"],
             buckets=SECONDS, registry=registry,
         )
-        self.preprocess_seconds = Histogram(
+        self.preprocess_seconds = _ItemSeconds(
             "clip_grpc_preprocess_seconds",
             "Per item: image decode and resize or text tokenising, with any wait for a worker",
-            ["modality"], buckets=SECONDS, registry=registry,
         )
-        self.queue_seconds = Histogram(
+        self.queue_seconds = _ItemSeconds(
             "clip_grpc_queue_wait_seconds",
             "Per item: from preprocessed to its batch starting in the model thread",
-            ["modality"], buckets=SECONDS, registry=registry,
         )
+        registry.register(self.preprocess_seconds)
+        registry.register(self.queue_seconds)
         self.forward_seconds = Histogram(
             "clip_grpc_forward_seconds", "Per batch: the forward pass", ["modality"],
             buckets=SECONDS, registry=registry,
@@ -123,10 +151,6 @@ class ServerMetrics:
             "Per response message: protobuf to bytes", ["method"],
             buckets=SECONDS, registry=registry,
         )
-        # Per-modality children, looked up once: the hot path skips labels().
-        self._items = {
-            m: (self.preprocess_seconds.labels(m), self.queue_seconds.labels(m)) for m in MODALITIES
-        }
         self._batches: dict[str, tuple] = {}
         if batch_limits is not None:
             self.use_batch_limits(batch_limits)
@@ -151,10 +175,10 @@ class ServerMetrics:
 
     # -- called where the numbers are born --------------------------------------------------
 
-    def item_done(self, modality: str, preprocess_s: float, queue_s: float) -> None:
-        preprocess, queue = self._items[modality]
-        preprocess.observe(preprocess_s)
-        queue.observe(queue_s)
+    def items_done(self, modality: str, count: int, preprocess_s: float, queue_s: float) -> None:
+        """count items of one chunk, which share their preprocess and queue seconds."""
+        self.preprocess_seconds.observe(modality, preprocess_s, count)
+        self.queue_seconds.observe(modality, queue_s, count)
 
     def batch_done(self, modality: str, size: int, forward_s: float) -> None:
         sizes, forward, embedded = self._batches[modality]

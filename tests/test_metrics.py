@@ -179,3 +179,34 @@ async def test_a_taken_metrics_port_is_a_startup_error_naming_the_flag(tiny_clip
     assert done.returncode == 2
     errors = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert any("--metrics-port" in e["msg"] and e["level"] == "error" for e in errors)
+
+
+def test_item_histograms_count_a_chunk_of_items_at_once():
+    from prometheus_client import generate_latest
+
+    from clip_grpc.metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    metrics.items_done("text", 3, 0.0003, 0.002)  # three items of one hand-off
+    metrics.items_done("text", 1, 20.0, 0.0001)  # beyond the last bucket
+    metrics.items_done("image", 2, 0.001, 0.001)  # exactly on a bound: counted in it
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
+
+    def get(name, **labels):
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    pre = "clip_grpc_preprocess_seconds"
+    assert get(f"{pre}_bucket", modality="text", le="0.00025") == 0
+    assert get(f"{pre}_bucket", modality="text", le="0.0005") == 3
+    assert get(f"{pre}_bucket", modality="text", le="10.0") == 3
+    assert get(f"{pre}_bucket", modality="text", le="+Inf") == 4
+    assert get(f"{pre}_count", modality="text") == 4
+    assert get(f"{pre}_sum", modality="text") == pytest.approx(3 * 0.0003 + 20.0)
+    assert get(f"{pre}_bucket", modality="image", le="0.0005") == 0
+    assert get(f"{pre}_bucket", modality="image", le="0.001") == 2
+    assert get("clip_grpc_queue_wait_seconds_bucket", modality="text", le="0.0001") == 1
+    assert get("clip_grpc_queue_wait_seconds_count", modality="text") == 4
