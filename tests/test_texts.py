@@ -1,11 +1,14 @@
 """Tokenising a message's texts at once gives each text what tokenising it alone gives."""
 
+import json
+import random
+
 import pytest
 
 from clip_grpc.errors import InvalidInput
 from clip_grpc.model.loading import load_model
 from clip_grpc.model.texts import TextTokenizer
-from tests.model_factory import save_siglip2_fixed, save_siglip_published
+from tests.model_factory import save_clip, save_siglip2_fixed, save_siglip_published
 
 TEXTS = [
     "a dog",
@@ -67,3 +70,36 @@ def test_sentencepiece_and_gemma_tokenizers_batch_too(tmp_path, make, truncate):
     loaded = load_model(make(tmp_path / "model"), "cpu", "fp32")
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length, max_chars=400)
     assert_same(tokenize.many(TEXTS, truncate), one_by_one(tokenize, TEXTS, truncate))
+
+
+# Pieces that CLIP's pre-tokenizer treats differently: letters of several scripts, accents
+# written as combining marks, digits of other scripts, contractions with straight and curly
+# apostrophes, punctuation runs, emoji, odd whitespace and the special tokens written as text.
+PIECES = [
+    "a", "Z", "é", "e\u0301", "ß", "дом", "東京", "ك", "ñ", "I", "'s", "'t", "'re", "'ve", "'m",
+    "'ll", "'d", "'", "\u2019s", "'S", "7", "42", "٣", "½", "!", "?!", "...", "-", "$", "#1",
+    "(", ")", "🙂", "👍🏽", "\u200d", "_", "@", "/", "<|endoftext|>", "<|startoftext|>", "<|",
+    " ", "  ", "\t", "\n", "\u00a0", "\u3000",
+]
+
+
+def random_texts(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 14))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("split_special_tokens", [False, True])
+def test_the_batch_tokenizer_gives_the_transformers_tokenizers_ids(tmp_path, split_special_tokens):
+    """The batch path turns off ByteLevel's second regex split for CLIP's tokenizer (not when
+    special tokens are split as text); every text still gets the transformers tokenizer's ids."""
+    loaded = load_model(save_clip(tmp_path / "model"), "cpu", "fp32")
+    tokenizer = loaded.tokenizer
+    tokenizer.split_special_tokens = split_special_tokens
+    tokenize = TextTokenizer(tokenizer, context_length=10_000)
+    byte_level = json.loads(tokenize._fast.to_str())["pre_tokenizer"]["pretokenizers"][1]
+    assert byte_level["use_regex"] is split_special_tokens
+    texts = [t for t in random_texts(3000) if t.strip()]
+    batched = tokenize.many(texts)
+    mismatched = [(t, ids) for t, ids in zip(texts, batched, strict=True)
+                  if ids != tokenizer(t).input_ids]
+    assert not mismatched, mismatched[:3]
