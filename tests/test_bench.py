@@ -223,3 +223,15 @@ def test_model_busy_of_a_workers_server_is_the_mean_over_its_workers():
     assert after["text"]["workers"] == 2 and after["text"]["items"] == 32
     assert model_busy(before["text"], after["text"], seconds=4.0) == pytest.approx(
         {"model_busy": 0.5, "mean_batch": 16.0})
+
+
+def test_the_grpc_floor_serves_every_item_and_counts_its_cpu():
+    import asyncio
+
+    from bench import grpc_floor
+
+    rows = asyncio.run(grpc_floor.measure(per_message=8, seconds=0.5))
+    assert [row["kind"] for row in rows] == ["text", "image"]
+    for row in rows:
+        assert row["items_per_s"] > 0
+        assert 0 < row["event_loop_us"] <= row["server_cpu_us"]
