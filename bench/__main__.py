@@ -281,7 +281,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
     dtype_name = loaded.dtype_name  # what auto chose on this device
     encoder = Encoder(loaded, args.batch_limits, args.compile)
     encoder.warm_up()  # --compile: every batch size, before anything is timed
-    pixels, token_ids = model_only.preprocess(loaded, images, texts)
+    pixels, token_ids = model_only.preprocess(encoder, images, texts)
     server, target = await processes.start_server(folder, args.server_flags, args.server_env,
                                                   args.device)
     rounds = []

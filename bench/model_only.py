@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 from clip_grpc.model.encoder import Encoder
 from clip_grpc.model.images import decode_image
-from clip_grpc.model.loading import LoadedModel
 from clip_grpc.model.texts import TextTokenizer
 
 from .stats import summarize
@@ -15,9 +14,12 @@ from .stats import summarize
 NO_LIMIT = 1 << 40
 
 
-def preprocess(loaded: LoadedModel, images: list[bytes], texts: list[str]):
+def preprocess(encoder: Encoder, images: list[bytes], texts: list[str]):
+    """Pixels in the form the encoder takes (uint8 for a GPU, as the server sends it), ids."""
+    loaded = encoder.loaded
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
-    pixels = [loaded.image_transform(decode_image(data, NO_LIMIT, NO_LIMIT)) for data in images]
+    transform = loaded.image_transform.uint8 if encoder.takes_uint8 else loaded.image_transform
+    pixels = [transform(decode_image(data, NO_LIMIT, NO_LIMIT)) for data in images]
     return pixels, [tokenize(text) for text in texts]
 
 

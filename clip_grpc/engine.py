@@ -149,9 +149,7 @@ class Engine:
         await asyncio.get_running_loop().run_in_executor(self._model_thread, self.encoder.warm_up)
         self.image_batcher.start()
         self.text_batcher.start()
-        height, width = self.loaded.image_transform.output_hw
-        warm_image = np.zeros((3, height, width), dtype=np.float32)
-        await self.image_batcher.submit(warm_image)
+        await self.image_batcher.submit(self.encoder.blank_image())
         await self.text_batcher.submit(self.tokenize("warm up"))
         for modality, batcher in self.batchers.items():  # warm-up batches are not counted
             batcher.on_batch = functools.partial(self.metrics.batch_done, modality)
@@ -229,7 +227,7 @@ class Engine:
             data, self.config.max_image_bytes, self.config.max_image_pixels, draft_size,
             max_aspect_ratio=self.config.max_image_aspect_ratio,
         )
-        return transform(image)
+        return transform.uint8(image) if self.encoder.takes_uint8 else transform(image)
 
     async def _embed_chunk(self, modality: str, prepare, inputs: list, raw: bool, *args) -> list:
         """One hand-off to a preprocess thread for all of inputs, one chunk to the batcher for

@@ -52,6 +52,7 @@ def test_buffers_are_reused_grown_and_pinned_only_for_cuda(tiny_clip):
     assert Encoder(tiny_clip).host.pin_memory is False
     on_gpu = dataclasses.replace(tiny_clip, device=torch.device("cuda", 0))
     assert Encoder(on_gpu).host.pin_memory is True  # built without touching a GPU
+    assert Encoder(on_gpu).takes_uint8 is True and Encoder(tiny_clip).takes_uint8 is False
 
 
 def test_images_through_reused_buffers_equal_the_plain_forward_pass(tiny_clip):
@@ -75,6 +76,43 @@ def test_bf16_images_are_built_in_bf16_and_equal_stacking_then_converting(tiny_c
                 pixel_values=torch.from_numpy(np.stack(batch)).to(torch.bfloat16))
         expected = expected if isinstance(expected, torch.Tensor) else expected.pooler_output
         np.testing.assert_array_equal(encoder.embed_images(batch), expected.float().numpy())
+
+
+INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_uint8_images_normalised_by_the_encoder_have_the_bits_of_those_normalised_before(
+        tiny_clip_dir, dtype):
+    # What a GPU server does (uint8 over PCIe, normalised on the device), run on the CPU.
+    loaded = load_model(tiny_clip_dir, device="cpu", dtype=dtype)
+    normalises_first, takes_uint8 = Encoder(loaded), Encoder(loaded, takes_uint8=True)
+    rng = np.random.default_rng(7)
+    for count in (5, 2, 7):
+        raw = [rng.integers(0, 256, (3, 32, 32), dtype=np.uint8) for _ in range(count)]
+        normalised = [loaded.image_transform.normalise(p) for p in raw]
+        built = takes_uint8.image_batch(raw)
+        expected = normalises_first.image_batch(normalised)
+        assert built.dtype == loaded.dtype and built.shape == expected.shape
+        assert torch.equal(built.view(INT_VIEW[built.dtype]), expected.view(INT_VIEW[built.dtype]))
+        np.testing.assert_array_equal(takes_uint8.embed_images(raw),
+                                      normalises_first.embed_images(normalised))
+
+
+async def test_an_engine_sending_uint8_pixels_gives_the_same_embeddings(tiny_clip_dir, tiny_clip):
+    items = [Input("png", image=image_bytes()), Input("t", text="a dog"),
+             Input("jpeg", image=image_bytes((10, 200, 90), (64, 48), "JPEG")),
+             Input("small", image=image_bytes(size=(20, 9)))]  # padded to the crop
+    results = []
+    for takes_uint8 in (False, True):
+        engine = Engine(tiny_clip, server_config(tiny_clip_dir))
+        engine.encoder.takes_uint8 = takes_uint8  # as on CUDA
+        await engine.start()
+        try:
+            results.append(np.stack(await engine.embed(items, raw=True)))
+        finally:
+            await engine.close()
+    np.testing.assert_array_equal(results[1], results[0])
 
 
 def test_texts_through_reused_buffers_equal_a_fresh_encoder(tiny_clip):

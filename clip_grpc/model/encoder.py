@@ -1,13 +1,17 @@
 """The forward pass: batches of pixels or token ids -> raw feature vectors (float32 numpy).
 
 On CUDA a batch is written straight into a page-locked (pinned) host buffer, reused batch after
-batch, and copied to the GPU without blocking; the features come back in one copy per batch. On
-CPU the batch is a plain array, as it always was. With `compile`, batches pad up to the fixed
-batch sizes and text widths that were compiled and run at start (clip_grpc/model/compiled.py).
+batch, and copied to the GPU without blocking; the features come back in one copy per batch.
+Images travel to a GPU as uint8 and are normalised there (`takes_uint8`): a quarter of the bytes
+to copy into the batch and over PCIe, and none of the float work on the CPUs that feed it. On
+CPU the batch is a plain array of normalised pixels, as it always was. With `compile`, batches
+pad up to the fixed batch sizes and text widths that were compiled and run at start
+(clip_grpc/model/compiled.py).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -60,11 +64,15 @@ class Encoder:
     """Runs the model. Call it from one thread only: the server's dedicated model thread."""
 
     def __init__(self, loaded: LoadedModel, batch_limits: Mapping[str, int] | None = None,
-                 compile: bool = False):
+                 compile: bool = False, takes_uint8: bool | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
         self.dtype = loaded.dtype
+        # Whether image batches come as uint8 pixels (ImageTransform.uint8), normalised here on
+        # the model's device; by default on CUDA only. On CPU the normalising stays with the
+        # preprocess threads, which run in parallel, not on the one model thread.
+        self.takes_uint8 = self.device.type == "cuda" if takes_uint8 is None else takes_uint8
         # SigLIP's text tower pools the last position and was trained on max-length padding,
         # so its texts are always padded to the context; CLIP's causal tower pools the EOS token,
         # so padding to the longest text in the batch gives the same result, faster.
@@ -104,9 +112,12 @@ class Encoder:
         return features[:count].float().cpu().numpy()  # one copy back, padding rows left out
 
     def image_batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
-        """The images in one host buffer, in one copy: on CPU in the model's dtype (bf16 is
+        """The images in one host buffer, in one copy: uint8 pixels (takes_uint8) as they are,
+        normalised on the device; normalised float32 pixels on CPU in the model's dtype (bf16 is
         converted as it is copied, not stacked in float32 and converted after), on CUDA in
         float32 (converted on the GPU, not by the CPU that feeds it)."""
+        if self.takes_uint8:
+            return self._normalised(self._uint8_batch(pixels))
         rows = self._rows("image", len(pixels))
         dtype = torch.float32 if self.on_cuda else self.dtype
         host = self.host.get("pixel_values", (rows, *pixels[0].shape), dtype)
@@ -117,6 +128,29 @@ class Encoder:
                 row.copy_(torch.from_numpy(image))
         host[len(pixels):] = 0
         return self._upload(host).to(self.dtype)
+
+    def _uint8_batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        host = self.host.get("pixels_uint8", (self._rows("image", len(pixels)),
+                                              *pixels[0].shape), torch.uint8)
+        np.stack(pixels, out=host.numpy()[:len(pixels)])
+        host[len(pixels):] = 0
+        return self._upload(host)
+
+    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, 3, H, W) on the device -> (pixel * rescale - mean) / std in the model's
+        dtype: the float32 operations ImageTransform.normalise does, one by one, so the same
+        bits (IEEE float32 arithmetic, on a GPU as on a CPU)."""
+        mean, std = self._mean_and_std
+        batch = pixels.float()
+        batch.mul_(self.loaded.image_transform.rescale_factor).sub_(mean).div_(std)
+        return batch.to(self.dtype)
+
+    @functools.cached_property
+    def _mean_and_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalising constants on the device, moved there once, at the first batch."""
+        transform = self.loaded.image_transform
+        return (torch.from_numpy(transform.mean).to(self.device),
+                torch.from_numpy(transform.std).to(self.device))
 
     def embed_images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         return self._run(self._image_forward, len(pixels), pixel_values=self.image_batch(pixels))
@@ -146,12 +180,16 @@ class Encoder:
     def embed_texts(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         return self._run(self._text_forward, len(token_ids), **self.text_batch(token_ids))
 
+    def blank_image(self) -> np.ndarray:
+        """Black pixels of the model's input size, in the form image batches take."""
+        height, width = self.loaded.image_transform.output_hw
+        return np.zeros((3, height, width), dtype=np.uint8 if self.takes_uint8 else np.float32)
+
     def warm_up(self) -> None:
         """Compile and run every shape now (at start, not on a caller's time); log how long."""
         if self.buckets is None:
             return
-        height, width = self.loaded.image_transform.output_hw
-        shapes = {"image": [np.zeros((3, height, width), dtype=np.float32)],
+        shapes = {"image": [self.blank_image()],
                   "text": [[0] * tokens for tokens in self.widths]}
         for modality, run in (("image", self.embed_images), ("text", self.embed_texts)):
             started = time.perf_counter()

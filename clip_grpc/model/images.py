@@ -107,6 +107,15 @@ class ImageTransform:
         float32; the resize costs the resized size, which decode_image's aspect-ratio bound
         keeps near the output's.
         """
+        return self.normalise(self._cropped(image))
+
+    def uint8(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> uint8 (3, H, W), laid out so in memory: resized and cropped as
+        __call__ does, for an encoder that normalises on its own device (Encoder.normalise)."""
+        return np.ascontiguousarray(self._cropped(image))
+
+    def _cropped(self, image: Image.Image) -> np.ndarray:
+        """Resized and cropped: uint8 (3, H, W), a view of PIL's (H, W, 3)."""
         new_size = self.target_size(*image.size)
         if new_size != image.size:
             image = image.resize(new_size, resample=self.resample)
@@ -117,7 +126,7 @@ class ImageTransform:
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
         if self.crop_hw:
             pixels = _center_crop(pixels, *self.crop_hw)  # pads what is smaller than the crop
-        return self.normalise(pixels)
+        return pixels
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (3, H, W) -> float32 (pixel * rescale_factor - mean) / std: the same float32
