@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 
 from clip_grpc.model.images import decode_image
 from clip_grpc.model.loading import load_model
@@ -46,10 +47,20 @@ def cpu_alone(step, inputs, min_seconds: float = 1.0) -> float:
     return (time.thread_time() - cpu_started) / calls
 
 
+def cpu_alone_at_once(step, inputs, threads: int) -> float:
+    """cpu_alone on `threads` threads at the same time, averaged: what the same work costs per
+    call when the cores run it side by side (shared caches and memory, a busy neighbour), as
+    the server's preprocess threads do."""
+    with ThreadPoolExecutor(threads) as pool:
+        runs = [pool.submit(cpu_alone, step, inputs) for _ in range(threads)]
+        return statistics.mean(run.result() for run in runs)
+
+
 def preprocessing_alone(folder, images: list[bytes], texts: list[str], jpeg_draft: bool,
                         per_message: int) -> dict:
     """us of CPU per item, one thread: decode + EXIF + RGB + normalise, and tokenise as the
-    server does (one batch call for a message's texts)."""
+    server does (one batch call for a message's texts); and the same on every core at once
+    ("<kind>_at_once", as many threads as the server's preprocess pool)."""
     # One thread, as in the server (python -m clip_grpc sets this): the Rust tokenizer's own
     # pool would spend CPU that this thread's clock does not see.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -58,10 +69,16 @@ def preprocessing_alone(folder, images: list[bytes], texts: list[str], jpeg_draf
     draft = transform.draft_size if jpeg_draft else None
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
     messages = [texts[k : k + per_message] for k in range(0, len(texts), per_message)]
+
+    def prepare(data: bytes):
+        return transform(decode_image(data, NO_LIMIT, NO_LIMIT, draft))
+
+    cores = os.cpu_count() or 1
     return {
-        "image": 1e6 * cpu_alone(
-            lambda data: transform(decode_image(data, NO_LIMIT, NO_LIMIT, draft)), images),
+        "image": 1e6 * cpu_alone(prepare, images),
         "text": 1e6 * cpu_alone(tokenize.many, messages) / per_message,
+        "image_at_once": 1e6 * cpu_alone_at_once(prepare, images, cores),
+        "text_at_once": 1e6 * cpu_alone_at_once(tokenize.many, messages, cores) / per_message,
     }
 
 
@@ -154,6 +171,7 @@ async def run(args) -> dict:
                 for workers, (server, target) in servers.items():
                     row = await measure_kind(kind, target, server, images, texts, load)
                     row["alone_us"] = alone[kind]
+                    row["alone_at_once_us"] = alone[f"{kind}_at_once"]
                     row["server_vs_alone"] = row["server_cpu_us"] / alone[kind]
                     row["serving_vs_alone"] = row["serving_cpu_us"] / alone[kind]
                     name = kind if workers == 1 else f"{kind}, {workers} workers"
@@ -161,7 +179,8 @@ async def run(args) -> dict:
                     print(f"  round {index + 1} {name:17}: {row['items_per_s']:8.0f} items/s, "
                           f"server CPU {row['server_cpu_us']:7.0f} us/item = model thread "
                           f"{row['model_thread_us']:.0f} + serving {row['serving_cpu_us']:.0f} "
-                          f"({row['serving_vs_alone']:.2f}x alone: {alone[kind]:.0f}), busiest "
+                          f"({row['serving_vs_alone']:.2f}x alone: {alone[kind]:.0f}; at once "
+                          f"{row['alone_at_once_us']:.0f}), busiest "
                           f"other thread {row['busiest_thread_us']:.0f} "
                           f"({row['busiest_thread']}), event loop {row['event_loop_us']:.0f}, "
                           f"worker shares {row['worker_shares']}", flush=True)
@@ -198,10 +217,12 @@ def section(result: dict, machine_info: dict, when: str) -> str:
         "thread (the near-free model's forward, not serving overhead) + serving path (every "
         "other thread); the busiest thread is the busiest of those others; \"alone\": decoding "
         "and preprocessing the same image (tokenising the same text) on one thread in the bench "
-        "process, same run.", "",
+        "process, same run; \"at once\": the same on every core at the same time, as the "
+        "server's preprocess threads run (the machine's own slowdown when its cores share the "
+        "work).", "",
         "| kind | items/s | server CPU | model thread | serving path | busiest other thread | "
-        "event loop | alone | serving / alone | server / alone | client CPU |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "event loop | alone | alone, at once | serving / alone | server / alone | client CPU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind, row in result["result"].items():
         lines.append(
@@ -209,6 +230,7 @@ def section(result: dict, machine_info: dict, when: str) -> str:
             f"{row['model_thread_us']:,.0f} | {row['serving_cpu_us']:,.0f} | "
             f"{row['busiest_thread_us']:,.0f} ({row['busiest_thread']}) | "
             f"{row['event_loop_us']:,.0f} | {row['alone_us']:,.0f} | "
+            f"{row.get('alone_at_once_us', float('nan')):,.0f} | "
             f"**{row['serving_vs_alone']:.2f}** | {row['server_vs_alone']:.2f} | "
             f"{row['client_cpu_us']:,.0f} |")
     return "\n".join(lines) + "\n"

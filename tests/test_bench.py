@@ -97,15 +97,32 @@ def test_the_overhead_section_reports_cpu_per_item_and_the_ratio_to_preprocessin
     row = {"items_per_s": 700.0, "server_cpu_us": 1500.0, "model_thread_us": 300.0,
            "serving_cpu_us": 1200.0, "busiest_thread_us": 400.0,
            "busiest_thread": "preprocess_0", "event_loop_us": 110.0, "alone_us": 1000.0,
-           "serving_vs_alone": 1.2, "server_vs_alone": 1.5, "client_cpu_us": 30.0}
+           "alone_at_once_us": 1250.0, "serving_vs_alone": 1.2, "server_vs_alone": 1.5,
+           "client_cpu_us": 30.0}
     result = {"description": "near-free", "server_flags": [], "server_env": {}, "rounds": 2,
               "load_average": {"start": (1.0, 1.0, 1.0), "end": (2.0, 2.0, 2.0)},
               "stream_load": {"streams": 4, "items_per_message": 8, "messages_in_flight": 2},
               "image_side": 224, "result": {"image": row, "text": row}}
     text = section(result, {"cpu": "x", "cores": 2, "torch": "t"}, "now")
-    assert ("| image | 700 | 1,500 | 300 | 1,200 | 400 (preprocess_0) | 110 | 1,000 | **1.20** | "
-            "1.50 | 30 |") in text
+    assert ("| image | 700 | 1,500 | 300 | 1,200 | 400 (preprocess_0) | 110 | 1,000 | 1,250 | "
+            "**1.20** | 1.50 | 30 |") in text
     assert "loadavg 1.00 1.00 1.00 at start" in text
+
+
+def test_work_alone_at_once_runs_on_that_many_threads_and_averages_their_cpu():
+    import threading
+
+    from bench.overhead import cpu_alone_at_once
+
+    seen = set()
+
+    def step(n: int) -> int:
+        seen.add(threading.get_native_id())
+        return sum(range(n))
+
+    per_call = cpu_alone_at_once(step, [20_000] * 50, threads=3)
+    assert len(seen) == 3 and threading.get_native_id() not in seen
+    assert 0 < per_call < 0.1
 
 
 def test_the_model_thread_is_counted_apart_from_the_serving_path():
