@@ -115,6 +115,25 @@ async def test_an_engine_sending_uint8_pixels_gives_the_same_embeddings(tiny_cli
     np.testing.assert_array_equal(results[1], results[0])
 
 
+@pytest.mark.parametrize("pad_left", [False, True])
+def test_text_batches_hold_each_text_where_its_padding_side_says(tiny_clip, pad_left):
+    encoder = Encoder(tiny_clip)
+    encoder.pad_left = pad_left
+    encoder.buckets = {"image": (8,), "text": (8,)}  # 3 padding rows, copies of the first
+    pad = tiny_clip.pad_token_id
+    ids = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    for width in (5, 16):  # as long as the longest text, or a wider bucket
+        encoder.widths = (width,)
+        batch = encoder.text_batch(ids)
+        expected_ids = np.full((8, width), pad)
+        expected_mask = np.zeros((8, width), dtype=np.int64)
+        for row, tokens in enumerate([*ids, ids[0], ids[0], ids[0], ids[0], ids[0]]):
+            where = slice(width - len(tokens), width) if pad_left else slice(0, len(tokens))
+            expected_ids[row, where], expected_mask[row, where] = tokens, 1
+        np.testing.assert_array_equal(batch["input_ids"].numpy(), expected_ids)
+        np.testing.assert_array_equal(batch["attention_mask"].numpy(), expected_mask)
+
+
 def test_texts_through_reused_buffers_equal_a_fresh_encoder(tiny_clip):
     used = Encoder(tiny_clip)
     used.embed_texts(token_ids(tiny_clip, ["a much longer sentence to fill the buffers " * 3]))
