@@ -48,8 +48,10 @@ def serialisation_ms(dim: int, batch: int = 32) -> dict:
 
 
 def measure(loaded: LoadedModel, images: list[bytes], texts: list[str],
-            jpeg_draft: bool = False) -> dict:
-    """Single-threaded ms per item of each preprocessing and serialisation step."""
+            jpeg_draft: bool = False, uint8: bool = False) -> dict:
+    """Single-threaded ms per item of each preprocessing and serialisation step. With uint8
+    (a server on CUDA, Encoder.takes_uint8), "resize_normalise" is what its CPU does: resize
+    and crop to uint8; the GPU normalises."""
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
     draft_size = loaded.image_transform.draft_size if jpeg_draft else None
 
@@ -59,7 +61,8 @@ def measure(loaded: LoadedModel, images: list[bytes], texts: list[str],
     decoded = [decode(data) for data in images]
     return {
         "decode_ms": ms_per_call(decode, images),
-        "resize_normalise_ms": ms_per_call(loaded.image_transform, decoded),
+        "resize_normalise_ms": ms_per_call(
+            loaded.image_transform.uint8 if uint8 else loaded.image_transform, decoded),
         "tokenise_ms": ms_per_call(tokenize, texts),
         **serialisation_ms(loaded.embedding_dim),
     }
