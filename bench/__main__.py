@@ -296,7 +296,7 @@ async def bench_model(name: str, args, images: list[bytes], texts: list[str]) ->
             print("  end-to-end / model-only: " + ", ".join(
                 f"{kind}s {ratio:.2f}" for kind, ratio in ratios.items()), flush=True)
             rounds.append({"model_only": ceiling, "grpc_stream": stream, "ratios": ratios})
-        steps = stage_costs.measure(loaded, images, texts, args.jpeg_draft, encoder.takes_uint8)
+        steps = stage_costs.measure(encoder, images, texts, args.jpeg_draft)
         print("  steps alone (ms per item): " + ", ".join(
             f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
         del loaded, encoder, pixels, token_ids

@@ -18,8 +18,7 @@ def preprocess(encoder: Encoder, images: list[bytes], texts: list[str]):
     """Pixels in the form the encoder takes (uint8 for a GPU, as the server sends it), ids."""
     loaded = encoder.loaded
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
-    transform = loaded.image_transform.uint8 if encoder.takes_uint8 else loaded.image_transform
-    pixels = [transform(decode_image(data, NO_LIMIT, NO_LIMIT)) for data in images]
+    pixels = [encoder.pixels(decode_image(data, NO_LIMIT, NO_LIMIT)) for data in images]
     return pixels, [tokenize(text) for text in texts]
 
 

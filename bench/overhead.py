@@ -19,6 +19,9 @@ import time
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
+from clip_grpc.model.encoder import Encoder
 from clip_grpc.model.images import decode_image
 from clip_grpc.model.loading import load_model
 from clip_grpc.model.texts import TextTokenizer
@@ -57,21 +60,23 @@ def cpu_alone_at_once(step, inputs, threads: int) -> float:
 
 
 def preprocessing_alone(folder, images: list[bytes], texts: list[str], jpeg_draft: bool,
-                        per_message: int) -> dict:
-    """us of CPU per item, one thread: decode + EXIF + RGB + normalise, and tokenise as the
-    server does (one batch call for a message's texts); and the same on every core at once
-    ("<kind>_at_once", as many threads as the server's preprocess pool)."""
+                        per_message: int, device: str = "cpu") -> dict:
+    """us of CPU per item, one thread: decode + EXIF + RGB + normalise (on CUDA the server
+    stops at uint8 pixels: so does this), and tokenise as the server does (one batch call for
+    a message's texts); and the same on every core at once ("<kind>_at_once", as many threads
+    as the server's preprocess pool)."""
     # One thread, as in the server (python -m clip_grpc sets this): the Rust tokenizer's own
     # pool would spend CPU that this thread's clock does not see.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     loaded = load_model(folder, "cpu", "fp32")
-    transform = loaded.image_transform
-    draft = transform.draft_size if jpeg_draft else None
+    # Builds no batch: only says which pixels a server on `device` prepares.
+    encoder = Encoder(loaded, takes_uint8=Encoder.takes_uint8_on(torch.device(device)))
+    draft = loaded.image_transform.draft_size if jpeg_draft else None
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
     messages = [texts[k : k + per_message] for k in range(0, len(texts), per_message)]
 
     def prepare(data: bytes):
-        return transform(decode_image(data, NO_LIMIT, NO_LIMIT, draft))
+        return encoder.pixels(decode_image(data, NO_LIMIT, NO_LIMIT, draft))
 
     cores = os.cpu_count() or 1
     return {
@@ -165,7 +170,7 @@ async def run(args) -> dict:
                                                             args.device)
         for index in range(args.rounds):
             alone = preprocessing_alone(folder, images, texts, args.jpeg_draft,
-                                        args.items_per_message)
+                                        args.items_per_message, args.device)
             result = {}
             for kind in ("image", "text"):
                 for workers, (server, target) in servers.items():
@@ -230,7 +235,7 @@ def section(result: dict, machine_info: dict, when: str) -> str:
             f"{row['model_thread_us']:,.0f} | {row['serving_cpu_us']:,.0f} | "
             f"{row['busiest_thread_us']:,.0f} ({row['busiest_thread']}) | "
             f"{row['event_loop_us']:,.0f} | {row['alone_us']:,.0f} | "
-            f"{row.get('alone_at_once_us', float('nan')):,.0f} | "
+            f"{row['alone_at_once_us']:,.0f} | "
             f"**{row['serving_vs_alone']:.2f}** | {row['server_vs_alone']:.2f} | "
             f"{row['client_cpu_us']:,.0f} |")
     return "\n".join(lines) + "\n"

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from clip_grpc.model.encoder import Encoder
 from clip_grpc.model.images import decode_image
-from clip_grpc.model.loading import LoadedModel
 from clip_grpc.model.texts import TextTokenizer
 from clip_grpc.servicer import add_result
 from clip_grpc.v1 import clip_pb2
@@ -47,11 +47,12 @@ def serialisation_ms(dim: int, batch: int = 32) -> dict:
             "parse_ms": ms_per_call(parse_and_read, [None]) / batch}
 
 
-def measure(loaded: LoadedModel, images: list[bytes], texts: list[str],
-            jpeg_draft: bool = False, uint8: bool = False) -> dict:
-    """Single-threaded ms per item of each preprocessing and serialisation step. With uint8
-    (a server on CUDA, Encoder.takes_uint8), "resize_normalise" is what its CPU does: resize
-    and crop to uint8; the GPU normalises."""
+def measure(encoder: Encoder, images: list[bytes], texts: list[str],
+            jpeg_draft: bool = False) -> dict:
+    """Single-threaded ms per item of each preprocessing and serialisation step, as the
+    server on the encoder's device does them ("resize_normalise" on CUDA: resize and crop to
+    uint8; the GPU normalises)."""
+    loaded = encoder.loaded
     tokenize = TextTokenizer(loaded.tokenizer, loaded.context_length)
     draft_size = loaded.image_transform.draft_size if jpeg_draft else None
 
@@ -61,8 +62,7 @@ def measure(loaded: LoadedModel, images: list[bytes], texts: list[str],
     decoded = [decode(data) for data in images]
     return {
         "decode_ms": ms_per_call(decode, images),
-        "resize_normalise_ms": ms_per_call(
-            loaded.image_transform.uint8 if uint8 else loaded.image_transform, decoded),
+        "resize_normalise_ms": ms_per_call(encoder.pixels, decoded),
         "tokenise_ms": ms_per_call(tokenize, texts),
         **serialisation_ms(loaded.embedding_dim),
     }

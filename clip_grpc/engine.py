@@ -227,7 +227,7 @@ class Engine:
             data, self.config.max_image_bytes, self.config.max_image_pixels, draft_size,
             max_aspect_ratio=self.config.max_image_aspect_ratio,
         )
-        return transform.uint8(image) if self.encoder.takes_uint8 else transform(image)
+        return self.encoder.pixels(image)
 
     async def _embed_chunk(self, modality: str, prepare, inputs: list, raw: bool, *args) -> list:
         """One hand-off to a preprocess thread for all of inputs, one chunk to the batcher for

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import StartupError
 from .compiled import (
@@ -73,7 +74,8 @@ class Encoder:
         # Whether image batches come as uint8 pixels (ImageTransform.uint8), normalised here on
         # the model's device; by default on CUDA only. On CPU the normalising stays with the
         # preprocess threads, which run in parallel, not on the one model thread.
-        self.takes_uint8 = self.device.type == "cuda" if takes_uint8 is None else takes_uint8
+        self.takes_uint8 = self.takes_uint8_on(self.device) if takes_uint8 is None else (
+            takes_uint8)
         # SigLIP's text tower pools the last position and was trained on max-length padding,
         # so its texts are always padded to the context; CLIP's causal tower pools the EOS token,
         # so padding to the longest text in the batch gives the same result, faster.
@@ -98,6 +100,11 @@ class Encoder:
                 self.model.get_text_features, self.device,
                 len(self.buckets["text"]) * len(self.widths))
 
+    @staticmethod
+    def takes_uint8_on(device: torch.device) -> bool:
+        """Whether images go to this device as uint8 by default: on CUDA only."""
+        return device.type == "cuda"
+
     def _rows(self, modality: str, count: int) -> int:
         """Rows in the batch the model sees: count, or its bucket when compiled."""
         return count if self.buckets is None else bucket_for(count, self.buckets[modality])
@@ -117,25 +124,20 @@ class Encoder:
         normalised on the device; normalised float32 pixels on CPU in the model's dtype (bf16 is
         converted as it is copied, not stacked in float32 and converted after), on CUDA in
         float32 (converted on the GPU, not by the CPU that feeds it)."""
-        if self.takes_uint8:
-            return self._normalised(self._uint8_batch(pixels))
         rows = self._rows("image", len(pixels))
-        dtype = torch.float32 if self.on_cuda else self.dtype
+        if self.takes_uint8:
+            dtype = torch.uint8
+        else:
+            dtype = torch.float32 if self.on_cuda else self.dtype
         host = self.host.get("pixel_values", (rows, *pixels[0].shape), dtype)
-        if dtype == torch.float32:
+        if dtype in (torch.uint8, torch.float32):
             np.stack(pixels, out=host.numpy()[:len(pixels)])
         else:  # numpy has no bfloat16: torch converts each image as it copies it in
             for row, image in zip(host, pixels, strict=False):
                 row.copy_(torch.from_numpy(image))
         host[len(pixels):] = 0
-        return self._upload(host).to(self.dtype)
-
-    def _uint8_batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
-        host = self.host.get("pixels_uint8", (self._rows("image", len(pixels)),
-                                              *pixels[0].shape), torch.uint8)
-        np.stack(pixels, out=host.numpy()[:len(pixels)])
-        host[len(pixels):] = 0
-        return self._upload(host)
+        batch = self._upload(host)
+        return self._normalised(batch) if self.takes_uint8 else batch.to(self.dtype)
 
     def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (n, 3, H, W) on the device -> (pixel * rescale - mean) / std in the model's
@@ -185,6 +187,12 @@ class Encoder:
 
     def embed_texts(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         return self._run(self._text_forward, len(token_ids), **self.text_batch(token_ids))
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """An RGB image -> its pixels in the form image batches take: uint8 (takes_uint8) or
+        normalised float32 (ImageTransform)."""
+        transform = self.loaded.image_transform
+        return transform.uint8(image) if self.takes_uint8 else transform(image)
 
     def blank_image(self) -> np.ndarray:
         """Black pixels of the model's input size, in the form image batches take."""

@@ -111,7 +111,7 @@ class ImageTransform:
 
     def uint8(self, image: Image.Image) -> np.ndarray:
         """An RGB PIL image -> uint8 (3, H, W), laid out so in memory: resized and cropped as
-        __call__ does, for an encoder that normalises on its own device (Encoder.normalise)."""
+        __call__ does, for an encoder that normalises on its own device (Encoder.takes_uint8)."""
         return np.ascontiguousarray(self._cropped(image))
 
     def _cropped(self, image: Image.Image) -> np.ndarray:
