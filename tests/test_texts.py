@@ -6,6 +6,7 @@ import random
 import pytest
 
 from clip_grpc.errors import InvalidInput
+from clip_grpc.model import clip_words
 from clip_grpc.model.loading import load_model
 from clip_grpc.model.texts import TextTokenizer
 from tests.model_factory import save_clip, save_siglip2_fixed, save_siglip_published
@@ -90,16 +91,65 @@ def random_texts(count: int, seed: int = 0) -> list[str]:
 
 @pytest.mark.parametrize("split_special_tokens", [False, True])
 def test_the_batch_tokenizer_gives_the_transformers_tokenizers_ids(tmp_path, split_special_tokens):
-    """The batch path turns off ByteLevel's second regex split for CLIP's tokenizer (not when
-    special tokens are split as text); every text still gets the transformers tokenizer's ids."""
+    """The batch path turns off ByteLevel's second regex split for CLIP's tokenizer; every text
+    still gets the transformers tokenizer's ids, special tokens split as text or not."""
     loaded = load_model(save_clip(tmp_path / "model"), "cpu", "fp32")
     tokenizer = loaded.tokenizer
     tokenizer.split_special_tokens = split_special_tokens
     tokenize = TextTokenizer(tokenizer, context_length=10_000)
     byte_level = json.loads(tokenize._fast.to_str())["pre_tokenizer"]["pretokenizers"][1]
-    assert byte_level["use_regex"] is split_special_tokens
+    assert byte_level["use_regex"] is False
     texts = [t for t in random_texts(3000) if t.strip()]
     batched = tokenize.many(texts)
     mismatched = [(t, ids) for t, ids in zip(texts, batched, strict=True)
                   if ids != tokenizer(t).input_ids]
     assert not mismatched, mismatched[:3]
+
+
+# Plain ASCII pieces for the word cache (clip_words): words in any case, contractions, digit
+# runs, punctuation runs, every kind of whitespace, the special tokens written as text in
+# both cases, and characters just outside its reach (\x1c-\x1f, DEL, NUL, a non-ASCII letter).
+ASCII_PIECES = [
+    "a", "photo", "OF", "Cat", "dogs", "mcdonald", "xylophonist", "I", "'s", "'T", "'re", "'ve",
+    "'m", "'ll", "'d", "'", "''s", "n't", "7", "1999", "3.5", "!", "?!", "...", "-", "$", "#1",
+    "(", ")", "<", "|", ">", "_", "@", "/", "\\", "~", "`", "{}", " ", "  ", "\t", "\n", "\r\n",
+    "\x0b", "\x0c", "<|endoftext|>", "<|ENDOFTEXT|>", "<|startoftext|>", "<|", "\x1c", "\x1f",
+    "\x7f", "\x00", "é",
+]
+
+
+@pytest.mark.parametrize("split_special_tokens", [False, True])
+def test_plain_ascii_texts_get_the_transformers_tokenizers_ids_from_the_word_cache(
+        tmp_path, split_special_tokens):
+    loaded = load_model(save_clip(tmp_path / "model"), "cpu", "fp32")
+    loaded.tokenizer.split_special_tokens = split_special_tokens
+    tokenize = TextTokenizer(loaded.tokenizer, context_length=10_000)
+    rng = random.Random(1)
+    texts = ["".join(rng.choice(ASCII_PIECES) for _ in range(rng.randint(1, 14)))
+             for _ in range(4000)]
+    texts = [t for t in texts if t.strip()]
+    from_cache = [t for t in texts if tokenize._words.ids(t) is not None]
+    assert len(from_cache) > len(texts) / 3  # the cache's path is what this test checks
+    assert not [t for t in from_cache if "endoftext" in t.lower() or "\x1c" in t]  # went to Rust
+    batched = tokenize.many(texts)
+    mismatched = [(t, ids) for t, ids in zip(texts, batched, strict=True)
+                  if ids != loaded.tokenizer(t).input_ids]
+    assert not mismatched, mismatched[:3]
+
+
+def test_the_word_cache_stays_bounded(tiny_clip, monkeypatch):
+    monkeypatch.setattr(clip_words, "MAX_CACHED_WORDS", 50)
+    tokenize = TextTokenizer(tiny_clip.tokenizer, tiny_clip.context_length)
+    words = tokenize._words
+    for n in range(300):
+        text = f"made up word{n:x}"
+        assert words.ids(text) == tiny_clip.tokenizer(text).input_ids
+        assert len(words._cache) <= 50
+    words.ids("q" * 49)
+    assert "q" * 49 not in words._cache  # long pieces are worked out each time
+
+
+def test_only_clip_tokenizers_take_the_word_cache(tmp_path, tiny_clip):
+    assert TextTokenizer(tiny_clip.tokenizer, 77)._words is not None
+    loaded = load_model(save_siglip_published(tmp_path / "model"), "cpu", "fp32")
+    assert TextTokenizer(loaded.tokenizer, loaded.context_length)._words is None

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import InvalidInput
+from .clip_words import CLIP_SPLIT, ClipWords
 
 DEFAULT_MAX_CHARS = 4096
 
@@ -18,9 +19,10 @@ class TextTokenizer:
     to max_chars) before the tokenizer sees them, so a text costs at most max_chars of work:
     far more characters than the context's tokens ever need, far fewer than a message holds.
 
-    `many` tokenises a whole message's texts in one call of the fast (Rust) tokenizer, which
-    runs without the GIL; tokenizers without one (sentencepiece) go text by text. Either way
-    each text gets the ids, or the InvalidInput, that calling this on it alone gives.
+    `many` tokenises a whole message's texts: plain ASCII ones for CLIP from a cache of each
+    word's ids (clip_words), the rest in one call of the fast (Rust) tokenizer, which runs
+    without the GIL; tokenizers without one (sentencepiece) go text by text. Either way each
+    text gets the ids, or the InvalidInput, that calling this on it alone gives.
     """
 
     def __init__(
@@ -33,13 +35,14 @@ class TextTokenizer:
         self.context_length = context_length
         self.max_chars = max_chars
         self._fast = _batch_tokenizer(tokenizer)
+        self._words = ClipWords.of(self._fast) if self._fast is not None else None
         # transformers sets truncation on the shared Rust tokenizer for a truncating call and
         # resets it at the next call: two threads at once could see each other's setting.
-        self._truncating = threading.Lock()
+        self._shared_backend = threading.Lock()
 
     def __call__(self, text: str, truncate: bool = False) -> list[int]:
         text = self._bounded(text, truncate)
-        return self._fit(text, self.tokenizer(text).input_ids, truncate)
+        return self._fit(text, self._exact(text), truncate)
 
     def many(self, texts: list[str], truncate: bool = False) -> list[list[int] | InvalidInput]:
         """One outcome per text, in order: its token ids or the InvalidInput it alone met."""
@@ -49,13 +52,21 @@ class TextTokenizer:
                 outcomes.append(self._bounded(text, truncate))
             except InvalidInput as error:
                 outcomes.append(error)
-        good = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, str)]
-        if self._fast is not None:
-            encodings = self._fast.encode_batch_fast([outcomes[i] for i in good])  # no offsets
-            token_ids = [encoding.ids for encoding in encodings]
-        else:
-            token_ids = [self.tokenizer(outcomes[i]).input_ids for i in good]
-        for i, ids in zip(good, token_ids, strict=True):
+        token_ids: dict[int, list[int]] = {}
+        batch = []  # for one call of the Rust tokenizer
+        for i, text in enumerate(outcomes):
+            if not isinstance(text, str):
+                continue
+            if self._words is not None and (ids := self._words.ids(text)) is not None:
+                token_ids[i] = ids
+            elif self._fast is not None and "<|" not in text:
+                batch.append(i)
+            else:  # sentencepiece; CLIP's special tokens written as text (see _batch_tokenizer)
+                token_ids[i] = self._exact(text)
+        if batch:
+            encodings = self._fast.encode_batch_fast([outcomes[i] for i in batch])  # no offsets
+            token_ids.update(zip(batch, (encoding.ids for encoding in encodings), strict=True))
+        for i, ids in token_ids.items():
             try:
                 outcomes[i] = self._fit(outcomes[i], ids, truncate)
             except InvalidInput as error:
@@ -85,30 +96,26 @@ class TextTokenizer:
                 "text",
             )
         # The tokenizer truncates the words and keeps the start and end tokens.
-        with self._truncating:
-            return self.tokenizer(text, truncation=True, max_length=self.context_length).input_ids
+        return self._exact(text, truncation=True, max_length=self.context_length)
+
+    def _exact(self, text: str, **options) -> list[int]:
+        """The transformers tokenizer's ids: what every other path must equal."""
+        with self._shared_backend:
+            return self.tokenizer(text, **options).input_ids
 
 
-# CLIP's pre-tokenizer: this Split keeps only runs of letters, single digits, runs of other
-# non-space characters and the contractions, dropping the whitespace; the ByteLevel after it
-# then splits each piece again with GPT-2's regex, which finds every such piece whole.
-CLIP_SPLIT = (
-    "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|"
-    "[^\\s\\p{L}\\p{N}]+"
-)
-
-
-def _without_repeated_split(spec: dict, encode_special_tokens: bool) -> None:
-    """Turn off ByteLevel's regex after CLIP's Split, where it can only find what the Split
-    already cut: the same ids, ~25% less CPU per short text (BENCHMARKS.md). Not when special
-    tokens are split as text: "<|endoftext|>" is one Split piece that GPT-2's regex cuts."""
+def _without_repeated_split(spec: dict) -> None:
+    """Turn off ByteLevel's regex after CLIP's Split (which keeps only runs of letters, single
+    digits, runs of other non-space characters and the contractions, dropping whitespace),
+    where GPT-2's regex can only find what the Split already cut: the same ids, ~25% less CPU
+    per short text (BENCHMARKS.md). The one piece it would cut, a special token written as
+    text in any case ("<|ENDOFTEXT|>" lowercased), never comes here: `many` gives texts
+    holding "<|" to the transformers tokenizer."""
     steps = (spec.get("pre_tokenizer") or {}).get("pretokenizers") or []
-    if encode_special_tokens or len(steps) != 2:
+    if len(steps) != 2:
         return
     split, byte_level = steps
-    clip_split = {"type": "Split", "pattern": {"Regex": CLIP_SPLIT}, "behavior": "Removed",
-                  "invert": True}
-    if split == clip_split and byte_level.get("type") == "ByteLevel":
+    if split == CLIP_SPLIT and byte_level.get("type") == "ByteLevel":
         byte_level["use_regex"] = False
 
 
@@ -121,7 +128,7 @@ def _batch_tokenizer(tokenizer: PreTrainedTokenizerBase):
         return None
     split_special = bool(getattr(tokenizer, "split_special_tokens", False))
     spec = json.loads(backend.to_str())
-    _without_repeated_split(spec, split_special)
+    _without_repeated_split(spec)
     fast = Tokenizer.from_str(json.dumps(spec))
     fast.no_truncation()
     fast.no_padding()
