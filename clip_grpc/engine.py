@@ -1,8 +1,9 @@
 """The transport-neutral core: validate, decode, tokenise, batch, normalise. No gRPC types here.
 
 Work goes per message, not per item: `embed` hands a request's texts to a preprocess thread in
-one go (one batch call of the tokenizer) and its images a few at a time (IMAGES_PER_HANDOFF, so
-threads decode in parallel); each hand-off's good items go to the modality's Batcher as one chunk
+one go (one batch call of the tokenizer; on the event loop itself where tokenising them holds
+the GIL anyway) and its images a few at a time (IMAGES_PER_HANDOFF, so threads decode in
+parallel); each hand-off's good items go to the modality's Batcher as one chunk
 with one future and come back as rows of the model's output array. An item that fails to
 prepare fails alone, with its own error; a ShuttingDown refuses the whole call.
 """
@@ -229,9 +230,11 @@ class Engine:
         )
         return self.encoder.pixels(image)
 
-    async def _embed_chunk(self, modality: str, prepare, inputs: list, raw: bool, *args) -> list:
-        """One hand-off to a preprocess thread for all of inputs, one chunk to the batcher for
-        those that prepared well: an outcome per input (vector, or the exception it met)."""
+    async def _embed_chunk(self, modality: str, prepare, inputs: list, raw: bool, *args,
+                           in_place: bool = False) -> list:
+        """One hand-off to a preprocess thread for all of inputs (in_place: prepared here
+        instead), one chunk to the batcher for those that prepared well: an outcome per input
+        (vector, or the exception it met)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         self.items_in_flight[modality] += len(inputs)
@@ -239,9 +242,12 @@ class Engine:
         try:
             self.preparing[modality] += len(inputs)
             try:
-                prepared = await loop.run_in_executor(
-                    self._preprocess_pool, prepare, inputs, gone, *args
-                )
+                if in_place:
+                    prepared = prepare(inputs, gone, *args)
+                else:
+                    prepared = await loop.run_in_executor(
+                        self._preprocess_pool, prepare, inputs, gone, *args
+                    )
             finally:
                 self.preparing[modality] -= len(inputs)
             preprocess_s = time.perf_counter() - started
@@ -275,11 +281,13 @@ class Engine:
             if item.image is None and item.text is None:
                 outcomes[i] = InvalidInput("item has neither text nor image", "content")
         groups = _in_groups(texts, TEXTS_PER_HANDOFF)
-        jobs = [
-            self._embed_chunk("text", self._tokenize_many, [items[i].text for i in group], raw,
-                              truncate)
-            for group in groups
-        ]
+        jobs = []
+        for group in groups:
+            texts_of_group = [items[i].text for i in group]
+            jobs.append(self._embed_chunk(
+                "text", self._tokenize_many, texts_of_group, raw, truncate,
+                in_place=self.tokenize.runs_in_python(texts_of_group),
+            ))
         image_groups = _in_groups(images, IMAGES_PER_HANDOFF)
         jobs += [
             self._embed_chunk("image", self._prepare_images, [items[i].image for i in group], raw)

@@ -153,3 +153,26 @@ async def test_the_engine_threads_carry_their_names_in_the_os(tiny_engine):
     await tiny_engine.embed([Input("a", text="a dog"), Input("b", image=image_bytes())])
     names = {comm.read_text().strip() for comm in Path("/proc/self/task").glob("*/comm")}
     assert "model-0" in names and "preprocess-0" in names
+
+
+async def test_plain_ascii_texts_are_tokenised_in_place_the_rest_in_a_preprocess_thread(
+        tiny_engine, monkeypatch):
+    """Tokenising plain ASCII holds the GIL throughout, so the event loop does it without a
+    hand-off; other texts go to a thread, where the Rust tokenizer runs without the GIL."""
+    import threading
+
+    tokenize_many = tiny_engine.tokenize.many
+    threads = []
+
+    def recording(texts, truncate=False):
+        threads.append(threading.current_thread().name)
+        return tokenize_many(texts, truncate)
+
+    monkeypatch.setattr(tiny_engine.tokenize, "many", recording)
+    plain = await tiny_engine.embed([Input("a", text="A photo of a cat"), Input("b", text=" ")])
+    accented = await tiny_engine.embed([Input("c", text="Café naïve"), Input("d", text="a dog")])
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("preprocess")
+    assert isinstance(plain[1], InvalidInput) and plain[1].field == "text"
+    alone = await tiny_engine.embed([Input("d", text="a dog")])
+    np.testing.assert_allclose(accented[1], alone[0], atol=1e-5)

@@ -44,6 +44,12 @@ class TextTokenizer:
         text = self._bounded(text, truncate)
         return self._fit(text, self._exact(text), truncate)
 
+    def runs_in_python(self, texts: list[str]) -> bool:
+        """True where `many(texts)` holds the GIL throughout (plain ASCII for the word cache;
+        special tokens written as text too, rare): another thread would run it no sooner than
+        the caller, so the caller may as well, and save the hand-off."""
+        return self._words is not None and all(text.isascii() for text in texts)
+
     def many(self, texts: list[str], truncate: bool = False) -> list[list[int] | InvalidInput]:
         """One outcome per text, in order: its token ids or the InvalidInput it alone met."""
         outcomes: list = []
