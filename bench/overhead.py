@@ -33,6 +33,11 @@ MODEL = "near-free"
 IMAGE_SIDE = 224  # the model's input size: what is left is decoding and normalising, no resize
 NO_LIMIT = 1 << 40
 MODEL_THREAD = "model-"  # the engine's model thread, named in the OS (engine.name_os_thread)
+# The server's settings on CUDA, where the forward's CPU side is one thread launching kernels:
+# torch's intra-op threads woken for the near-free model's tiny ops doubled the model thread's
+# CPU and took the cores from the serving path (BENCHMARKS.md). --server-args come after, so
+# they can say otherwise.
+NEAR_FREE_SERVER_FLAGS = ["--torch-threads", "1"]
 
 
 def make_inputs(count: int) -> tuple[list[bytes], list[str]]:
@@ -161,11 +166,12 @@ async def run(args) -> dict:
                                   args.overhead_seconds, args.warmup_seconds)
     load_start = machine.load_average()
     print(f"\n== serving overhead: {description}; load {load_start}", flush=True)
+    server_flags = [*NEAR_FREE_SERVER_FLAGS, *args.server_flags]
     servers = {}  # workers -> (child, target), all started before the first round
     rounds = []
     try:
         for workers in args.overhead_workers:
-            flags = [*args.server_flags, *(["--workers", str(workers)] if workers > 1 else [])]
+            flags = [*server_flags, *(["--workers", str(workers)] if workers > 1 else [])]
             servers[workers] = await processes.start_server(folder, flags, args.server_env,
                                                             args.device)
         for index in range(args.rounds):
@@ -195,7 +201,7 @@ async def run(args) -> dict:
             server.stop()
     return {
         "model": MODEL, "description": description, "device": args.device,
-        "server_flags": args.server_flags,
+        "server_flags": server_flags,
         "server_env": args.server_env, "rounds": len(rounds),
         "load_average": {"start": load_start, "end": machine.load_average()},
         "stream_load": {"streams": load.streams, "items_per_message": load.items_per_message,

@@ -62,6 +62,10 @@ class ServerConfig:
     preprocess_workers: int = setting(
         0, "threads decoding images and tokenising, per worker process (0: one per core, "
         "or the worker's share of the cores)", minimum=0)
+    torch_threads: int = setting(
+        0, "torch's CPU threads for the forward pass (0: by device: 1 on CUDA, where the "
+        "forward runs on the GPU and more threads would only take cores from decoding; on "
+        "CPU, OMP_NUM_THREADS or one per core, or the worker's share of the cores)", minimum=0)
     workers: int = setting(
         1, "server processes sharing --port (SO_REUSEPORT; the kernel spreads client "
         "connections, not calls, over them), each with its own model copy (on CUDA: on the "
@@ -146,6 +150,13 @@ def batch_limits(config: ServerConfig, device) -> dict[str, int]:
     defaults = DEVICE_BATCH_LIMITS.get(kind, DEVICE_BATCH_LIMITS["cpu"])
     own = {"image": config.max_image_batch_size, "text": config.max_text_batch_size}
     return {m: own[m] or config.max_batch_size or defaults[m] for m in MODALITIES}
+
+
+def torch_threads(config: ServerConfig, device) -> int | None:
+    """torch's CPU threads on this device, or None to leave torch's own choice (on CPU:
+    OMP_NUM_THREADS, which a worker process sets to its share of the cores)."""
+    kind = getattr(device, "type", None) or str(device).partition(":")[0]
+    return config.torch_threads or (1 if kind == "cuda" else None)
 
 
 def parse_args(

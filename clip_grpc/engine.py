@@ -26,7 +26,7 @@ import torch
 
 from . import stages
 from .batching import Batcher
-from .config import ServerConfig, batch_limits
+from .config import ServerConfig, batch_limits, torch_threads
 from .errors import ClipError, InvalidInput, Overloaded, ShuttingDown, grpc_code
 from .metrics import ServerMetrics
 from .model.encoder import Encoder
@@ -146,6 +146,9 @@ class Engine:
     async def start(self) -> None:
         """Start the batchers and run one warm-up batch of each kind through the model."""
         self._model_thread.submit(torch.set_grad_enabled, False).result()
+        if (threads := torch_threads(self.config, self.loaded.device)) is not None:
+            self._model_thread.submit(torch.set_num_threads, threads).result()
+        self.torch_threads = self._model_thread.submit(torch.get_num_threads).result()
         # --compile: every batch size is compiled now, in the thread that will run it.
         await asyncio.get_running_loop().run_in_executor(self._model_thread, self.encoder.warm_up)
         self.image_batcher.start()

@@ -90,6 +90,7 @@ class RunningServer:
                 "dtype": loaded.dtype_name,
                 "max_image_batch_size": engine.batch_limits["image"],
                 "max_text_batch_size": engine.batch_limits["text"],
+                "torch_threads": engine.torch_threads,
                 "load_seconds": round(time.perf_counter() - started, 2),
             },
         )

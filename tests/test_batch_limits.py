@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clip_grpc.config import ServerConfig, batch_limits, parse_args
+from clip_grpc.config import ServerConfig, batch_limits, parse_args, torch_threads
 from clip_grpc.engine import Engine, Input
 from clip_grpc.metrics import ServerMetrics
 from tests.conftest import image_bytes, server_config
@@ -34,6 +34,14 @@ def test_the_flags_and_their_environment_variables_reach_the_limits():
     assert batch_limits(config, "cuda") == {"image": 100, "text": 300}
     with pytest.raises(SystemExit):
         parse_args(["--max-image-batch-size", "-1"], {})
+
+
+@pytest.mark.parametrize(("flag", "device", "expected"), [
+    (0, "cuda", 1), (0, "cuda:1", 1), (0, "cpu", None), (3, "cuda", 3), (3, "cpu", 3),
+])
+def test_torch_threads_are_one_on_cuda_unless_given(flag, device, expected):
+    """On CPU None leaves torch's own choice (OMP_NUM_THREADS, a worker's share)."""
+    assert torch_threads(ServerConfig(torch_threads=flag), device) == expected
 
 
 def test_the_batch_size_histogram_has_a_bucket_at_each_limit():

@@ -176,3 +176,16 @@ async def test_plain_ascii_texts_are_tokenised_in_place_the_rest_in_a_preprocess
     assert isinstance(plain[1], InvalidInput) and plain[1].field == "text"
     alone = await tiny_engine.embed([Input("d", text="a dog")])
     np.testing.assert_allclose(accented[1], alone[0], atol=1e-5)
+
+
+async def test_torch_threads_are_set_in_the_model_thread(tiny_clip_dir, tiny_clip):
+    before = torch.get_num_threads()
+    engine = Engine(tiny_clip, server_config(tiny_clip_dir, torch_threads=1))
+    try:
+        await engine.start()
+        assert engine.torch_threads == 1
+        assert engine._model_thread.submit(torch.get_num_threads).result() == 1
+        assert len(await engine.embed([Input("a", text="a dog")])) == 1
+    finally:
+        await engine.close()
+        torch.set_num_threads(before)  # process-wide: the other tests keep theirs
