@@ -201,7 +201,8 @@ async def run(args) -> dict:
             server.stop()
     return {
         "model": MODEL, "description": description, "device": args.device,
-        "server_flags": server_flags,
+        "server_flags": args.server_flags,  # the section's key: what --server-args added
+        "fixed_server_flags": NEAR_FREE_SERVER_FLAGS,
         "server_env": args.server_env, "rounds": len(rounds),
         "load_average": {"start": load_start, "end": machine.load_average()},
         "stream_load": {"streams": load.streams, "items_per_message": load.items_per_message,
@@ -214,7 +215,8 @@ async def run(args) -> dict:
 
 def section(result: dict, machine_info: dict, when: str) -> str:
     settings = " ".join([*(f"{k}={v}" for k, v in result["server_env"].items()),
-                         *result["server_flags"]]) or "(defaults)"
+                         *result.get("fixed_server_flags", ()), *result["server_flags"]]
+                        ) or "(defaults)"
     load, start, end = result["stream_load"], *(
         result["load_average"][k] for k in ("start", "end"))
     lines = [

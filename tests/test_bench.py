@@ -99,7 +99,8 @@ def test_the_overhead_section_reports_cpu_per_item_and_the_ratio_to_preprocessin
            "busiest_thread": "preprocess_0", "event_loop_us": 110.0, "alone_us": 1000.0,
            "alone_at_once_us": 1250.0, "serving_vs_alone": 1.2, "server_vs_alone": 1.5,
            "client_cpu_us": 30.0}
-    result = {"description": "near-free", "server_flags": [], "server_env": {}, "rounds": 2,
+    result = {"description": "near-free", "server_flags": ["--workers", "2"],
+              "fixed_server_flags": ["--torch-threads", "1"], "server_env": {}, "rounds": 2,
               "load_average": {"start": (1.0, 1.0, 1.0), "end": (2.0, 2.0, 2.0)},
               "stream_load": {"streams": 4, "items_per_message": 8, "messages_in_flight": 2},
               "image_side": 224, "result": {"image": row, "text": row}}
@@ -107,6 +108,10 @@ def test_the_overhead_section_reports_cpu_per_item_and_the_ratio_to_preprocessin
     assert ("| image | 700 | 1,500 | 300 | 1,200 | 400 (preprocess_0) | 110 | 1,000 | 1,250 | "
             "**1.20** | 1.50 | 30 |") in text
     assert "loadavg 1.00 1.00 1.00 at start" in text
+    assert "server settings: `--torch-threads 1 --workers 2`" in text
+    # the section's key names only what --server-args added, so it stays one section
+    assert report.section_key({**result, "model": "serving-overhead"}) == (
+        "model=serving-overhead --workers 2")
 
 
 def test_work_alone_at_once_runs_on_that_many_threads_and_averages_their_cpu():
