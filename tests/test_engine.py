@@ -157,8 +157,9 @@ async def test_the_engine_threads_carry_their_names_in_the_os(tiny_engine):
 
 async def test_plain_ascii_texts_are_tokenised_in_place_the_rest_in_a_preprocess_thread(
         tiny_engine, monkeypatch):
-    """Tokenising plain ASCII holds the GIL throughout, so the event loop does it without a
-    hand-off; other texts go to a thread, where the Rust tokenizer runs without the GIL."""
+    """Tokenising a few plain ASCII texts holds the GIL throughout, so the event loop does it
+    without a hand-off; other texts, and long work, go to a thread (where the Rust tokenizer
+    runs without the GIL, and the loop goes on answering)."""
     import threading
 
     tokenize_many = tiny_engine.tokenize.many
@@ -171,8 +172,10 @@ async def test_plain_ascii_texts_are_tokenised_in_place_the_rest_in_a_preprocess
     monkeypatch.setattr(tiny_engine.tokenize, "many", recording)
     plain = await tiny_engine.embed([Input("a", text="A photo of a cat"), Input("b", text=" ")])
     accented = await tiny_engine.embed([Input("c", text="Café naïve"), Input("d", text="a dog")])
+    many_words = [Input(str(n), text="word " * 100) for n in range(9)]  # over IN_PLACE_CHARS
+    await tiny_engine.embed(many_words, truncate=True)
     assert threads[0] == threading.current_thread().name
-    assert threads[1].startswith("preprocess")
+    assert threads[1].startswith("preprocess") and threads[2].startswith("preprocess")
     assert isinstance(plain[1], InvalidInput) and plain[1].field == "text"
     alone = await tiny_engine.embed([Input("d", text="a dog")])
     np.testing.assert_allclose(accented[1], alone[0], atol=1e-5)
