@@ -140,14 +140,18 @@ class ServerConfig:
         return not self.model
 
 
+def _device_kind(device) -> str:
+    """"cuda" for a torch.device of type cuda or a name "cuda"/"cuda:N"; likewise "cpu"."""
+    return getattr(device, "type", None) or str(device).partition(":")[0]
+
+
 def batch_limits(config: ServerConfig, device) -> dict[str, int]:
     """Most items in one forward pass, per modality, on this device (a torch.device or its name).
 
     The first that is set wins: the modality's own flag, then --max-batch-size, then the
     device's default (CUDA's for "cuda"/"cuda:N", the CPU's for every other device).
     """
-    kind = getattr(device, "type", None) or str(device).partition(":")[0]
-    defaults = DEVICE_BATCH_LIMITS.get(kind, DEVICE_BATCH_LIMITS["cpu"])
+    defaults = DEVICE_BATCH_LIMITS.get(_device_kind(device), DEVICE_BATCH_LIMITS["cpu"])
     own = {"image": config.max_image_batch_size, "text": config.max_text_batch_size}
     return {m: own[m] or config.max_batch_size or defaults[m] for m in MODALITIES}
 
@@ -155,8 +159,7 @@ def batch_limits(config: ServerConfig, device) -> dict[str, int]:
 def torch_threads(config: ServerConfig, device) -> int | None:
     """torch's CPU threads on this device, or None to leave torch's own choice (on CPU:
     OMP_NUM_THREADS, which a worker process sets to its share of the cores)."""
-    kind = getattr(device, "type", None) or str(device).partition(":")[0]
-    return config.torch_threads or (1 if kind == "cuda" else None)
+    return config.torch_threads or (1 if _device_kind(device) == "cuda" else None)
 
 
 def parse_args(

@@ -145,10 +145,7 @@ class Engine:
 
     async def start(self) -> None:
         """Start the batchers and run one warm-up batch of each kind through the model."""
-        self._model_thread.submit(torch.set_grad_enabled, False).result()
-        if (threads := torch_threads(self.config, self.loaded.device)) is not None:
-            self._model_thread.submit(torch.set_num_threads, threads).result()
-        self.torch_threads = self._model_thread.submit(torch.get_num_threads).result()
+        self.torch_threads = self._model_thread.submit(self._set_up_model_thread).result()
         # --compile: every batch size is compiled now, in the thread that will run it.
         await asyncio.get_running_loop().run_in_executor(self._model_thread, self.encoder.warm_up)
         self.image_batcher.start()
@@ -158,6 +155,13 @@ class Engine:
         for modality, batcher in self.batchers.items():  # warm-up batches are not counted
             batcher.on_batch = functools.partial(self.metrics.batch_done, modality)
         self.accepting = True
+
+    def _set_up_model_thread(self) -> int:
+        """In the model thread: no autograd, torch's CPU threads by device; how many it has."""
+        torch.set_grad_enabled(False)
+        if (threads := torch_threads(self.config, self.loaded.device)) is not None:
+            torch.set_num_threads(threads)
+        return torch.get_num_threads()
 
     def refuse_remaining(self) -> None:
         """The shutdown grace is over: every item not yet in the model fails with ShuttingDown,
