@@ -47,7 +47,9 @@ async def test_the_client_opens_the_connections_it_is_asked_for(
         for _ in range(3):  # unary calls take the connections in turn
             await client.ainfo()
         assert connections_to(server.port) == expected
-    np.testing.assert_array_equal(spread, single)  # same vectors, in input order
+    # Same vectors, in input order; to float32 rounding, since how calls meet in batches
+    # depends on timing, and a batch's rows and width move the last bits (~1e-6).
+    np.testing.assert_allclose(spread, single, atol=1e-5)
 
 
 def test_connections_must_be_positive():
