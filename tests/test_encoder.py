@@ -15,7 +15,7 @@ import torch
 from clip_grpc.engine import Engine, Input
 from clip_grpc.errors import StartupError
 from clip_grpc.model import compiled
-from clip_grpc.model.encoder import Encoder, HostBuffers
+from clip_grpc.model.encoder import Encoder, HostBuffers, _features
 from clip_grpc.model.loading import load_model
 from tests.conftest import image_bytes, server_config
 
@@ -126,12 +126,24 @@ def test_text_batches_hold_each_text_where_its_padding_side_says(tiny_clip, pad_
         encoder.widths = (width,)
         batch = encoder.text_batch(ids)
         expected_ids = np.full((8, width), pad)
-        expected_mask = np.zeros((8, width), dtype=np.int64)
         for row, tokens in enumerate([*ids, ids[0], ids[0], ids[0], ids[0], ids[0]]):
             where = slice(width - len(tokens), width) if pad_left else slice(0, len(tokens))
-            expected_ids[row, where], expected_mask[row, where] = tokens, 1
+            expected_ids[row, where] = tokens
+        assert list(batch) == ["input_ids"]  # no attention mask: see Encoder.text_batch
         np.testing.assert_array_equal(batch["input_ids"].numpy(), expected_ids)
-        np.testing.assert_array_equal(batch["attention_mask"].numpy(), expected_mask)
+
+
+def test_unmasked_text_batches_give_the_vectors_of_the_masked_forward_pass(tiny_clip):
+    ids = token_ids(tiny_clip, [*SENTENCES, "a", "a much longer sentence to pad the others " * 2])
+    longest = max(map(len, ids))
+    padded = torch.full((len(ids), longest), tiny_clip.pad_token_id)
+    mask = torch.zeros((len(ids), longest), dtype=torch.int64)
+    for row, tokens in enumerate(ids):
+        padded[row, :len(tokens)], mask[row, :len(tokens)] = torch.tensor(tokens), 1
+    with torch.inference_mode():
+        masked = tiny_clip.model.get_text_features(input_ids=padded, attention_mask=mask)
+    np.testing.assert_allclose(Encoder(tiny_clip).embed_texts(ids),
+                               _features(masked).numpy(), atol=1e-6)
 
 
 def test_texts_through_reused_buffers_equal_a_fresh_encoder(tiny_clip):
