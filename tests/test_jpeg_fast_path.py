@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import simplejpeg
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from clip_grpc.errors import InvalidInput
 from clip_grpc.model import images
@@ -62,7 +62,7 @@ def test_plain_colour_jpegs_get_pillows_pixels_bit_for_bit(size, options, simple
 
 def _rotated() -> bytes:
     exif = Image.Exif()
-    exif[images.EXIF_ORIENTATION] = 6
+    exif[ExifTags.Base.Orientation] = 6
     return jpeg(photo(40, 20), exif=exif)
 
 

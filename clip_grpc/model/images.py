@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InvalidInput
 
@@ -24,7 +24,6 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The documented formats, and the only Pillow plugins ever tried: no EPS (Ghostscript), no others.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_ASPECT_RATIO = 50.0
-EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -187,12 +186,11 @@ def decode_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_size(*image.size, max_pixels, max_aspect_ratio)
-            if draft_size is None and (decoded := _plain_jpeg(image, data)) is not None:
-                return decoded
-            if draft_size is not None and image.format == "JPEG":
-                reduced = draft_size(*image.size)
-                if reduced is not None:
-                    image.draft("RGB", reduced)
+            if draft_size is None:
+                if (decoded := _plain_jpeg(image, data)) is not None:
+                    return decoded
+            elif image.format == "JPEG" and (reduced := draft_size(*image.size)) is not None:
+                image.draft("RGB", reduced)
             image.load()  # GIF/TIFF: the first frame
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
@@ -220,7 +218,7 @@ def _plain_jpeg(image: Image.Image, data: bytes) -> Image.Image | None:
     only warns about (strict mode refuses it here; Pillow may accept it, as before)."""
     if image.format != "JPEG" or image.mode != "RGB":
         return None
-    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
         return None
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
