@@ -103,3 +103,13 @@ def test_a_truncated_jpeg_is_still_refused_as_corrupt():
     with pytest.raises(InvalidInput, match="corrupt or truncated") as caught:
         images.decode_image(data[: len(data) // 2], **LIMITS)
     assert caught.value.field == "image"
+
+
+def test_a_jpeg_whose_size_libjpeg_reads_otherwise_is_left_to_pillow(monkeypatch, simplejpeg_calls):
+    """The pixel bound is checked on Pillow's reading of the header; simplejpeg decodes only
+    when libjpeg reads the same size there."""
+    data = jpeg(photo(64, 48))
+    monkeypatch.setattr(images.simplejpeg, "decode_jpeg_header",
+                        lambda data: (48_000, 64_000, "YCbCr", "420"))
+    decoded = images.decode_image(data, **LIMITS)
+    assert not simplejpeg_calls and decoded.size == (64, 48)

@@ -221,6 +221,11 @@ def _plain_jpeg(image: Image.Image, data: bytes) -> Image.Image | None:
     if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
         return None
     try:
+        # The pixel bounds were checked on Pillow's reading of the header: decode only what
+        # libjpeg reads there too, so no file can pass one parser's check and the other's decode.
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        if (width, height) != image.size:
+            return None
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except ValueError:
         return None
